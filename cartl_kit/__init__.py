@@ -1,0 +1,31 @@
+"""cartl_kit: a teaching and analysis kit for CARTL (Chen et al., ICML 2021).
+
+Importing the kit changes nothing (no seeding, no device work). The engine's public API:
+
+- models: ``create_model``, ``blocks``, ``ARCHITECTURES``, ``set_half_residual``
+- attacks: ``pgd_linf``, ``fgsm``
+- losses: ``fdm_loss``, ``lwf_loss``
+- NEFT: ``apply_neft``, ``remove_neft``, ``neft_report``
+- transfer: ``make_student``, ``BN_CASES``, ``trainable_summary``
+- training: ``fit``, ``natural_step``, ``adversarial_step``, ``fdm_step``, ``lwf_step``, ``lr_at``
+- evaluation: ``accuracy``, ``robust_accuracy``, ``EvalResult``, ``check_model``
+- utilities: ``seed_everything``, ``default_device``
+"""
+
+from .attacks import fgsm, pgd_linf
+from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, robust_accuracy
+from .losses import fdm_loss, lwf_loss
+from .models import ARCHITECTURES, WideResNet, blocks, create_model, set_half_residual
+from .neft import apply_neft, conv_operator_norm, neft_report, remove_neft
+from .train import (adversarial_step, default_device, fdm_step, fit, lr_at, lwf_step, natural_step,
+                    seed_everything)
+from .transfer import BN_CASES, FrozenBatchNorm2d, get_bn_case, make_student, trainable_summary
+
+__all__ = [
+    "ARCHITECTURES", "BN_CASES", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
+    "accuracy", "adversarial_step", "apply_neft", "blocks", "check_model", "conv_operator_norm",
+    "create_model", "default_device", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
+    "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "remove_neft",
+    "robust_accuracy", "seed_everything", "set_half_residual", "trainable_summary",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""Clean and robust accuracy, with sanity checks against silent mistakes (reference spec §9).
+
+The paper reports robust accuracy under PGD-100 (eps 8/255, step 2/255, random start, final
+iterate, full test set); an example is robust iff its adversarial version is still classified
+correctly, so clean mistakes count as non-robust. Before measuring, ``check_model`` refuses the
+classic ways an evaluation silently lies: a model in training mode, BatchNorm layers that would
+update their statistics, outputs that are probabilities rather than logits, and input gradients
+that are all zero (gradient masking: PGD would then do nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import check_attack_args, pgd_linf
+from .train import default_device
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class SanityCheckError(ValueError):
+    """The model is not in a state in which accuracy numbers would be honest."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Clean and robust accuracy (fractions in [0, 1]) of one model under one attack."""
+
+    clean_acc: float
+    robust_acc: float
+    n: int
+    attack: str
+    eps: float
+    step_size: float
+    steps: int
+    random_start: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"clean {100 * self.clean_acc:.2f} %, robust {100 * self.robust_acc:.2f} % "
+                f"({self.attack}-{self.steps}, eps={self.eps:.4g}, n={self.n})")
+
+
+def check_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise SanityCheckError if evaluating ``model`` on this batch would give misleading numbers.
+
+    Checks: the model is in eval mode; no BatchNorm layer is in training mode; outputs are not
+    probabilities or log-probabilities; the gradient of the loss w.r.t. the input is not all zero.
+    """
+    if model.training:
+        raise SanityCheckError("the model is in training mode; call model.eval() before evaluating")
+    training_bn = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if training_bn:
+        raise SanityCheckError(
+            f"BatchNorm layer {training_bn[0]!r} (and {len(training_bn) - 1} more) is in training mode and would update "
+            "its statistics during evaluation; call model.eval()"
+        )
+    x = x.detach().clone().requires_grad_(True)
+    out = model(x)
+    if out.dim() != 2 or out.shape[1] < 2:
+        raise SanityCheckError(f"expected logits of shape (batch, classes >= 2), got {tuple(out.shape)}")
+    rows = out.detach().double()
+    if (rows >= 0).all() and torch.allclose(rows.sum(1), torch.ones_like(rows[:, 0]), atol=1e-4):
+        raise SanityCheckError("the model outputs probabilities (rows sum to 1); return logits (remove the softmax)")
+    if (rows <= 0).all() and torch.allclose(rows.exp().sum(1), torch.ones_like(rows[:, 0]), atol=1e-4):
+        raise SanityCheckError("the model outputs log-probabilities; return logits (remove the log_softmax)")
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(out, y, reduction="sum"), x)
+    if not grad.abs().sum() > 0:
+        raise SanityCheckError(
+            "the input gradient is zero everywhere (gradient masking, or a non-differentiable model); "
+            "PGD cannot attack it, so a robust accuracy would be meaningless"
+        )
+
+
+def _move(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def accuracy(model: nn.Module, loader: Batches, *, device: torch.device | str | None = None,
+             max_examples: int | None = None, progress: bool = False) -> float:
+    """Fraction of correctly classified examples (model must be in eval mode).
+
+    Example:
+        >>> accuracy(model.eval(), test_loader)
+    """
+    return robust_accuracy(model, loader, eps=1.0, step_size=1.0, steps=0, random_start=False,
+                           device=device, max_examples=max_examples, progress=progress).clean_acc
+
+
+def robust_accuracy(
+    model: nn.Module,
+    loader: Batches,
+    *,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    steps: int = 100,
+    random_start: bool = True,
+    device: torch.device | str | None = None,
+    max_examples: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Clean and PGD robust accuracy over a loader (the paper's metric with the default settings).
+
+    Args:
+        model: the classifier, in eval mode (checked, with the other sanity checks, on the first batch).
+        loader: batches ``(x, y)`` with x in [0, 1].
+        eps, step_size, steps, random_start: the L-inf PGD attack (paper: 8/255, 2/255, 100, True);
+            ``steps=0`` measures clean accuracy only.
+        device: default CUDA if present, else CPU; the model is moved there.
+        max_examples: evaluate only the first n examples (default: all).
+        generator: optional ``torch.Generator`` for the random starts.
+        progress: show a progress bar.
+
+    Returns:
+        An ``EvalResult`` with fractions ``clean_acc`` and ``robust_acc``.
+
+    Example:
+        >>> robust_accuracy(model.eval(), test_loader, eps=8/255, step_size=2/255, steps=100)
+    """
+    check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    clean = robust = seen = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+        x, y = _move(batch, device)
+        if max_examples is not None:
+            x, y = x[: max_examples - seen], y[: max_examples - seen]
+        if index == 0:
+            check_model(model, x, y)
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        clean += correct.sum().item()
+        if steps > 0:
+            x_adv = pgd_linf(model, x, y, eps=eps, step_size=step_size, steps=steps,
+                             random_start=random_start, generator=generator)
+            with torch.no_grad():
+                robust += (model(x_adv).argmax(1) == y).sum().item()
+        else:
+            robust += correct.sum().item()
+        seen += len(y)
+        if max_examples is not None and seen >= max_examples:
+            break
+    if seen == 0:
+        raise ValueError("the loader yielded no examples to evaluate")
+    return EvalResult(clean_acc=clean / seen, robust_acc=robust / seen, n=seen, attack="pgd_linf" if steps else "none",
+                      eps=eps, step_size=step_size, steps=steps, random_start=random_start)

@@ -1,0 +1,266 @@
+"""One training loop and its step functions (CARTL paper §3-4; reference spec §3, §4, §5, §8).
+
+``fit`` runs epochs of SGD over a loader; what a step does is the step function passed in:
+
+- ``natural_step`` — cross-entropy on clean images (fine-tuning, the reference's TL/NEFT);
+- ``adversarial_step(eps=, step_size=, steps=)`` — Madry adversarial training: PGD examples crafted
+  in eval mode, cross-entropy on them in train mode (the robust source model);
+- ``fdm_step(k=, lam=, ...)`` — adversarial training plus CARTL's FDM term at block L-k+1;
+- ``lwf_step(teacher, lam=)`` — the LwF baseline: cross-entropy plus feature distillation.
+
+A step function is ``step(model, x, y) -> (loss, metrics)`` with a scalar loss tensor to minimise
+and a dict of floats to log. The learning-rate schedule is the pure function ``lr_at``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attacks import check_attack_args, pgd_linf
+from .losses import check_lambda, fdm_loss, lwf_loss
+from .models import WideResNet, check_k
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+# The reference's schedule (spec §3): lr 0.1, 1 warm-up epoch, x0.2 at epochs 40/70/90 of 100.
+MILESTONE_FRACTIONS = (0.4, 0.7, 0.9)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA). Call it explicitly; importing the kit seeds nothing."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_at(
+    epoch: int,
+    batch: int,
+    *,
+    batches_per_epoch: int,
+    epochs: int,
+    base_lr: float = 0.1,
+    warmup_epochs: int = 1,
+    milestones: tuple[float, ...] = MILESTONE_FRACTIONS,
+    gamma: float = 0.2,
+) -> float:
+    """Learning rate for batch ``batch`` (0-based) of epoch ``epoch`` (1-based).
+
+    Warm-up epochs rise linearly per batch from 0 (the reference's first batch has lr 0); after
+    them the rate is ``base_lr · gamma^m`` where m counts the milestones (fractions of ``epochs``,
+    rounded to whole epochs) that ``epoch`` has passed. With 100 epochs: 0.1 for epochs 2-40,
+    0.02 for 41-70, 0.004 for 71-90, 0.0008 for 91-100.
+
+    Example:
+        >>> lr_at(41, 0, batches_per_epoch=391, epochs=100)
+        0.020000000000000004
+    """
+    if epoch <= warmup_epochs:
+        done = (epoch - 1) * batches_per_epoch + batch
+        return base_lr * done / (warmup_epochs * batches_per_epoch)
+    passed = sum(epoch > round(fraction * epochs) for fraction in milestones)
+    return base_lr * gamma**passed
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def natural_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy on clean images."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    return loss, {"loss": loss.item(), "train_acc": _accuracy(logits, y)}
+
+
+def _craft_in_eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **attack) -> torch.Tensor:
+    # Like the reference: examples are crafted with BatchNorm using running statistics.
+    model.eval()
+    try:
+        return pgd_linf(model, x, y, **attack)
+    finally:
+        model.train()
+
+
+def adversarial_step(*, eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 7, random_start: bool = True) -> StepFn:
+    """Madry adversarial training: cross-entropy on PGD examples (reference default PGD-7, 8/255, 2/255).
+
+    Example:
+        >>> fit(model, loader, adversarial_step(eps=0.3, step_size=0.1, steps=7), epochs=5)
+    """
+    check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    attack = dict(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x_adv = _craft_in_eval_mode(model, x, y, **attack)
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.item(), "train_adv_acc": _accuracy(logits, y)}
+
+    return step
+
+
+def fdm_step(
+    *,
+    k: int,
+    lam: float,
+    eps: float = 8 / 255,
+    step_size: float = 2 / 255,
+    steps: int = 7,
+    random_start: bool = True,
+    reduction: str = "sum",
+) -> StepFn:
+    """Adversarial training plus FDM: CE(f(x'), y) + λ/√d · Σ_i ‖f^(L-k)(x'_i) - f^(L-k)(x_i)‖₂.
+
+    The adversarial pass is split at block L-k so its feature is reused for the logits. The clean
+    pass runs only through the extractor (the reference ran the whole network to log a clean
+    accuracy): it is in train mode, so it normalises with the clean batch's statistics and
+    updates the running statistics of the BatchNorm layers in blocks 1..L-k (not those after).
+    Neither feature is detached: the regulariser trains the extractor.
+
+    Example:
+        >>> fit(model, loader, fdm_step(k=4, lam=0.005), epochs=100)
+    """
+    check_lambda(lam)
+    check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    attack = dict(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+
+    def step(model: WideResNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        split = check_k(model, k) - k
+        x_adv = _craft_in_eval_mode(model, x, y, **attack)
+        features_adv = model.forward_features(x_adv, upto=split)
+        logits = model.forward_from(features_adv, start=split)
+        features_clean = model.forward_features(x, upto=split)
+        ce = F.cross_entropy(logits, y)
+        fdm = fdm_loss(features_clean, features_adv, lam=lam, reduction=reduction)
+        loss = ce + fdm
+        return loss, {"loss": loss.item(), "ce": ce.item(), "fdm": fdm.item(), "train_adv_acc": _accuracy(logits, y)}
+
+    return step
+
+
+def lwf_step(teacher: WideResNet, *, lam: float) -> StepFn:
+    """LwF baseline: CE on clean images + λ_d · L1 distance to the teacher's pooled features.
+
+    The teacher (a frozen copy of the robust source, in eval mode) computes its features on the
+    same batch, so they stay right under augmentation (the reference stored them once, freezing
+    the augmentation).
+
+    Example:
+        >>> fit(student, loader, lwf_step(teacher, lam=0.01), epochs=52, base_lr=0.001, weight_decay=2e-4)
+    """
+    check_lambda(lam, name="lam (LwF's λ_d)")
+    teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+
+    def step(model: WideResNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        upto = model.num_blocks - 1
+        teacher.to(x.device)
+        with torch.no_grad():
+            teacher_features = teacher.forward_features(x, upto=upto)
+        features = model.forward_features(x, upto=upto)
+        logits = model.forward_from(features, start=upto)
+        ce = F.cross_entropy(logits, y)
+        distill = lwf_loss(features, teacher_features, lam=lam)
+        loss = ce + distill
+        return loss, {"loss": loss.item(), "ce": ce.item(), "lwf": distill.item(), "train_acc": _accuracy(logits, y)}
+
+    return step
+
+
+def fit(
+    model: nn.Module,
+    loader: Batches,
+    step: StepFn,
+    *,
+    epochs: int,
+    base_lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    warmup_epochs: int = 1,
+    milestones: tuple[float, ...] = MILESTONE_FRACTIONS,
+    gamma: float = 0.2,
+    device: torch.device | str | None = None,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    start_epoch: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[dict]:
+    """Train ``model`` with ``step`` for ``epochs`` epochs of SGD on the reference's schedule.
+
+    Only parameters with ``requires_grad`` are optimised (frozen blocks get no weight decay or
+    momentum). The model is put in train mode at the start of each epoch.
+
+    Args:
+        model: the model to train, moved to ``device``.
+        loader: re-iterable batches ``(x, y)`` with x in [0, 1]; ``len(loader)`` gives the batch count.
+        step: a step function (``natural_step``, ``adversarial_step(...)``, ``fdm_step(...)``, ``lwf_step(...)``).
+        epochs: total number of epochs of the schedule.
+        base_lr, momentum, weight_decay: SGD settings (reference: 0.1, 0.9, 5e-4).
+        warmup_epochs, milestones, gamma: the schedule (see ``lr_at``); ``warmup_epochs=0`` and
+            ``milestones=()`` give a constant rate.
+        device: where to train; default CUDA if present, else CPU.
+        callback: called with each epoch's record, e.g. to update a live plot.
+        progress: show a progress bar over batches.
+        start_epoch: resume at this epoch (1-based) of the same schedule.
+        optimizer: an SGD optimiser to continue with (e.g. restored for a resume); default a new one.
+
+    Returns:
+        One record per epoch: ``epoch``, ``lr``, ``seconds`` and the batch-mean of every metric the
+        step returned.
+
+    Example:
+        >>> history = fit(model, loader, adversarial_step(eps=0.3, step_size=0.1), epochs=10)
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")
+    if optimizer is None:
+        optimizer = torch.optim.SGD(params, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
+    batches_per_epoch = len(loader)
+    history = []
+    for epoch in range(start_epoch, epochs + 1):
+        model.train()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        bar = tqdm(loader, total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for batch, (x, y) in enumerate(bar):
+            lr = lr_at(epoch, batch, batches_per_epoch=batches_per_epoch, epochs=epochs, base_lr=base_lr,
+                       warmup_epochs=warmup_epochs, milestones=milestones, gamma=gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss, metrics = step(model, x, y)
+            if not math.isfinite(metrics.get("loss", loss.item())):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix({name: f"{value:.3f}" for name, value in metrics.items()}, refresh=False)
+        record = {"epoch": epoch, "lr": lr, "seconds": time.perf_counter() - started}
+        record.update({name: total / batches_per_epoch for name, total in sums.items()})
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    return history

@@ -1,0 +1,181 @@
+"""Teacher -> student for transfer learning, and the four BatchNorm cases (CARTL paper §3, §4.3; spec §5, §7).
+
+``make_student`` copies the robust teacher, gives it a new head, freezes the stem and blocks
+1..L-k (the feature extractor) and trains blocks L-k+1..L (the sub-model). BatchNorm is handled in
+one of the paper's four ways, named ``<sub-model BN affine>-<extractor BN statistics>``:
+
+| case            | sub-model BN γ,β | extractor BN μ,σ         | poster row | poster column |
+|-----------------|------------------|--------------------------|------------|---------------|
+| ``train-update``| trained          | updated on target batches| –          | W,b           |
+| ``train-reuse`` | trained          | teacher's, reused        | –          | μ,σ,W,b       |
+| ``freeze-update``| frozen          | updated on target batches| W,b        | W,b           |
+| ``freeze-reuse``| frozen           | teacher's, reused        | W,b        | μ,σ,W,b       |
+
+``"vanilla"`` is an alias of ``freeze-reuse``, the paper's Vanilla / AT+TL baseline. Extractor BN
+affine parameters are always frozen. Freezing is done by structure: reused statistics live in
+``FrozenBatchNorm2d`` modules that ignore ``model.train()``, so no later call can undo it (the
+reference re-froze BN before every batch because its evaluation ended with ``model.train()``).
+A frozen-affine sub-model BN still normalises with batch statistics in training, as in the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .models import WideResNet, check_k, set_half_residual
+
+
+@dataclass(frozen=True)
+class BNCase:
+    """How BatchNorm is treated during fine-tuning."""
+
+    freeze_submodel_affine: bool
+    reuse_extractor_stats: bool
+
+    @property
+    def name(self) -> str:
+        return f"{'freeze' if self.freeze_submodel_affine else 'train'}-{'reuse' if self.reuse_extractor_stats else 'update'}"
+
+
+BN_CASES: dict[str, BNCase] = {
+    "train-update": BNCase(False, False),
+    "train-reuse": BNCase(False, True),
+    "freeze-update": BNCase(True, False),
+    "freeze-reuse": BNCase(True, True),
+}
+BN_CASE_ALIASES = {"vanilla": "freeze-reuse"}
+
+
+def get_bn_case(name: str | BNCase) -> BNCase:
+    """Look up a BatchNorm case by name (or alias); raises ValueError listing the allowed names."""
+    if isinstance(name, BNCase):
+        return name
+    key = BN_CASE_ALIASES.get(name, name)
+    if key not in BN_CASES:
+        allowed = ", ".join([*BN_CASES, *BN_CASE_ALIASES])
+        raise ValueError(f"unknown BatchNorm case {name!r}; choose one of {allowed}")
+    return BN_CASES[key]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed affine parameters and running statistics, in every mode.
+
+    Its state-dict keys equal BatchNorm2d's, so weights move freely between the two.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":
+        frozen = cls(bn.num_features, bn.eps)
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                getattr(frozen, name).copy_(getattr(bn, name))
+        return frozen.to(bn.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def freeze_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm2d inside ``module`` by a FrozenBatchNorm2d, in place. Returns the count."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d.from_batchnorm(child))
+            count += 1
+        else:
+            count += freeze_batchnorm(child)
+    return count
+
+
+def extractor_modules(model: WideResNet, *, k: int) -> list[nn.Module]:
+    """The frozen feature extractor: normaliser, stem and blocks 1..L-k."""
+    num_blocks = check_k(model, k)
+    return [model.normalize, model.stem, *model.blocks[: num_blocks - k]]
+
+
+def submodel_modules(model: WideResNet, *, k: int) -> list[nn.Module]:
+    """The fine-tuned sub-model: blocks L-k+1..L."""
+    num_blocks = check_k(model, k)
+    return list(model.blocks[num_blocks - k:])
+
+
+def make_student(
+    teacher: WideResNet,
+    *,
+    k: int,
+    num_classes: int,
+    bn_case: str | BNCase = "vanilla",
+    half_residual: bool = False,
+) -> WideResNet:
+    """A transfer-learning student: teacher copy, new head, last k blocks trainable, BN case applied.
+
+    The last k blocks keep the teacher's weights (as in the reference); only the head is new, with
+    PyTorch's default Linear init and zero bias (the reference drew it from U[0, 1)).
+
+    Args:
+        teacher: the (robust) source model; it is not modified.
+        k: number of fine-tuned blocks, 1 <= k <= L.
+        num_classes: classes of the target task.
+        bn_case: one of ``BN_CASES`` or ``"vanilla"`` (= ``"freeze-reuse"``).
+        half_residual: make the residual units among the last k blocks compute
+            0.5·shortcut + 0.5·residual, as the reference's NEFT/CARTL student ("pwrn") does.
+
+    Returns:
+        The student, in training mode, on the teacher's device.
+
+    Example:
+        >>> student = make_student(teacher, k=4, num_classes=10, bn_case="vanilla")
+    """
+    check_k(teacher, k)
+    case = get_bn_case(bn_case)
+    student = copy.deepcopy(teacher)
+    student.reset_head(num_classes)
+    student.requires_grad_(False)
+    for module in submodel_modules(student, k=k):
+        module.requires_grad_(True)
+        if case.freeze_submodel_affine:
+            for bn in module.modules():
+                if isinstance(bn, nn.BatchNorm2d):
+                    bn.requires_grad_(False)
+    if case.reuse_extractor_stats:
+        for module in extractor_modules(student, k=k):
+            freeze_batchnorm(module)
+    if half_residual:
+        set_half_residual(student, k=k)
+    return student.train()
+
+
+def trainable_summary(model: nn.Module) -> dict:
+    """Counts of trainable and frozen parameters, and of BatchNorm layers by kind.
+
+    Returns:
+        ``{"trainable": int, "frozen": int, "trainable_tensors": int, "bn_train": int,
+        "bn_frozen_stats": int}``; ``bn_train`` counts BatchNorm2d modules (they update running
+        statistics in training mode), ``bn_frozen_stats`` counts FrozenBatchNorm2d modules.
+    """
+    params = list(model.parameters())
+    return {
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "frozen": sum(p.numel() for p in params if not p.requires_grad),
+        "trainable_tensors": sum(1 for p in params if p.requires_grad),
+        "bn_train": sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d)),
+        "bn_frozen_stats": sum(1 for m in model.modules() if isinstance(m, FrozenBatchNorm2d)),
+    }
