@@ -263,4 +263,5 @@ def fit(
         history.append(record)
         if callback is not None:
             callback(record)
+    optimizer.zero_grad(set_to_none=True)  # free the gradient memory; the model leaves fit clean
     return history

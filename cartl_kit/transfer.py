@@ -168,14 +168,17 @@ def trainable_summary(model: nn.Module) -> dict:
 
     Returns:
         ``{"trainable": int, "frozen": int, "trainable_tensors": int, "bn_train": int,
-        "bn_frozen_stats": int}``; ``bn_train`` counts BatchNorm2d modules (they update running
+        "bn_frozen_stats": int}``; ``frozen`` includes the affine W, b of frozen-statistics
+        BatchNorm layers (buffers there); ``bn_train`` counts BatchNorm2d modules (they update running
         statistics in training mode), ``bn_frozen_stats`` counts FrozenBatchNorm2d modules.
     """
     params = list(model.parameters())
+    frozen_bns = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     return {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
-        "frozen": sum(p.numel() for p in params if not p.requires_grad),
+        # FrozenBatchNorm2d keeps its affine W, b as buffers: count them as frozen parameters.
+        "frozen": sum(p.numel() for p in params if not p.requires_grad) + sum(2 * m.num_features for m in frozen_bns),
         "trainable_tensors": sum(1 for p in params if p.requires_grad),
         "bn_train": sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d)),
-        "bn_frozen_stats": sum(1 for m in model.modules() if isinstance(m, FrozenBatchNorm2d)),
+        "bn_frozen_stats": len(frozen_bns),
     }

@@ -1,0 +1,67 @@
+"""Shared fixtures: real 8x8 digits (scikit-learn ships them) and two small models trained on them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import cartl_kit as ck
+
+EPS = 0.1  # attack radius for the 8x8 digits (pixel units)
+
+
+class Batches:
+    """Minimal re-iterable loader over tensors (seeded shuffling)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, shuffle: bool = False, seed: int = 0):
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.y), generator=self.generator) if self.shuffle else torch.arange(len(self.y))
+        for start in range(0, len(self.y), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.x[index], self.y[index]
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(x_train, y_train, x_test, y_test): 1x8x8 images in [0, 1], 10 classes, fixed 80/20 split."""
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    cut = int(0.8 * len(y))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _train(digits, step, epochs: int, seed: int = 0) -> ck.WideResNet:
+    x_train, y_train, _, _ = digits
+    ck.seed_everything(seed)
+    model = ck.create_model("wrn16_1", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,))
+    ck.fit(model, Batches(x_train, y_train, shuffle=True, seed=seed), step, epochs=epochs, base_lr=0.1,
+           device="cpu", progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def natural_model(digits) -> ck.WideResNet:
+    """WRN-16-1 trained naturally on the digits (about 97 % clean test accuracy)."""
+    return _train(digits, ck.natural_step, epochs=6)
+
+
+@pytest.fixture(scope="session")
+def robust_model(digits) -> ck.WideResNet:
+    """WRN-16-1 adversarially trained on the digits with PGD-5, eps 0.1."""
+    return _train(digits, ck.adversarial_step(eps=EPS, step_size=EPS / 3, steps=5), epochs=6)
+
+
+@pytest.fixture
+def tiny_model() -> ck.WideResNet:
+    torch.manual_seed(0)
+    return ck.create_model("wrn16_1", num_classes=10, in_channels=1)
