@@ -80,11 +80,11 @@ class FrozenBatchNorm2d(nn.Module):
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":
-        frozen = cls(bn.num_features, bn.eps)
+        frozen = cls(bn.num_features, bn.eps).to(bn.weight.device)
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
                 getattr(frozen, name).copy_(getattr(bn, name))
-        return frozen.to(bn.weight.device)
+        return frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
