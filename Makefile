@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m cartl_kit demo
+	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

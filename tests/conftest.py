@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import cartl_kit as ck
+from cartl_kit.data import as_float, load_dataset
 
 EPS = 0.1  # attack radius for the 8x8 digits (pixel units)
 
@@ -30,14 +30,9 @@ class Batches:
 
 @pytest.fixture(scope="session")
 def digits():
-    """(x_train, y_train, x_test, y_test): 1x8x8 images in [0, 1], 10 classes, fixed 80/20 split."""
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    cut = int(0.8 * len(y))
-    return x[:cut], y[:cut], x[cut:], y[cut:]
+    """(x_train, y_train, x_test, y_test): the kit's fixed split of the 8x8 digits, 1x8x8 in [0, 1], 10 classes."""
+    train, test = (load_dataset("digits", split=split) for split in ("train", "test"))
+    return as_float(train.images), train.labels, as_float(test.images), test.labels
 
 
 def _train(digits, step, epochs: int, seed: int = 0) -> ck.WideResNet:
