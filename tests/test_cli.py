@@ -1,0 +1,68 @@
+"""The command line: `info` shows what k means; bad input exits 2 with one line and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from cartl_kit.__main__ import main
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    def call(*args):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse: --help (0) and usage errors (2)
+            code = exit.code
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+    return call
+
+
+def test_info_reports_the_reference_table(cli):
+    result = cli("info", "--arch", "wrn34_10", "-k", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["L"] == 17
+    assert info["rows"] == [{"k": 8, "fine_tuned_blocks": "10-17", "fdm_feature": "320x16x16", "d": 81920,
+                             "trainable_params": 37_089_930}]
+
+
+def test_every_command_has_help(cli):
+    for command in ("info", "datasets", "source", "transfer", "evaluate", "runs"):
+        result = cli(command, "--help")
+        assert result.returncode == 0 and "usage" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("transfer", "-k", "9"), "k must be an integer in 1..8 for wrn16_1"),
+    (("transfer", "-k", "0"), "k must be an integer in 1..8 for wrn16_1"),
+    (("transfer", "--method", "neft", "--beta", "0"), "beta .* must be > 0"),
+    (("source", "--method", "fdm", "--lam", "-0.5"), "must be a finite number >= 0"),
+    (("transfer", "--bn-case", "frozen"), "invalid choice: 'frozen'.*freeze-reuse"),
+    (("source", "--preset", "huge"), "invalid choice: 'huge'.*quick"),
+    (("transfer", "--method", "ft"), "invalid choice: 'ft'.*neft"),
+    (("transfer", "--no-teacher-training"), "teacher run .* does not exist"),
+    (("evaluate", "no/such/run"), "not a run folder"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args, "--runs-dir", str(tmp_path / "runs")) if args[0] != "evaluate" else cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_on_an_empty_folder(cli, tmp_path):
+    result = cli("runs", "--runs-dir", str(tmp_path))
+    assert result.returncode == 0 and "no finished runs" in result.stdout
