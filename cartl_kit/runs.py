@@ -25,7 +25,7 @@ from . import __version__
 from .config import (EvalConfig, SourceConfig, TransferConfig, config_hash, from_json, to_dict, to_json)
 from .data import ImageData, dataset_stats, load_dataset, make_loader
 from .evaluate import robust_accuracy
-from .models import WideResNet, create_model, set_half_residual
+from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .train import adversarial_step, default_device, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student
@@ -135,11 +135,15 @@ def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData) 
     return student
 
 
-def plain_model(config: Config, data: ImageData) -> WideResNet:
+def _source_of(config: Config) -> SourceConfig:
+    return config if isinstance(config, SourceConfig) else config.teacher
+
+
+def plain_model(config: Config, *, num_classes: int, in_channels: int) -> WideResNet:
     """The architecture a finished run's ``model.pt`` loads into (NEFT baked in, BN frozen or not)."""
-    source = config if isinstance(config, SourceConfig) else config.teacher
-    mean, std = dataset_stats(source.dataset)
-    model = create_model(source.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std)
+    source = _source_of(config)
+    mean, std = dataset_stats(source.dataset, channels=in_channels)
+    model = create_model(source.arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
     if isinstance(config, TransferConfig) and config.half_residual:
         set_half_residual(model, k=config.k)
     return model
@@ -235,11 +239,15 @@ def load_run(path: str | os.PathLike) -> Run:
     if not (path / "config.json").exists():
         raise RunError(f"{path} is not a run folder (no config.json)")
     config = from_json((path / "config.json").read_text())
-    data = _data(config.dataset, "test")
-    model = plain_model(config, data)
     state = load_tensors(path / MODEL_FILE)
     try:
+        # Head size and channel count come from the weights themselves: loading a model reads no data.
+        head = state[f"blocks.{ARCHITECTURES[_source_of(config).arch].num_blocks - 1}.weight"]  # (classes, features)
+        model = plain_model(config, num_classes=head.shape[0], in_channels=state["normalize.mean"].shape[1])
         model.load_state_dict(state)
+    except (KeyError, IndexError, AttributeError) as error:
+        raise RunError(f"{path / MODEL_FILE} does not match the architecture of its config "
+                       f"({config.slug}): missing or malformed {error}") from None
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise RunError(f"{path / MODEL_FILE} does not match the architecture of its config "
