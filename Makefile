@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) examples/quickstart.py
+	$(PY) -m cartl_kit demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

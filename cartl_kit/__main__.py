@@ -1,8 +1,10 @@
 """Command line: ``python -m cartl_kit <command>`` (argparse lives here only; the library returns values).
 
-Commands: ``info`` (what k means for an architecture), ``datasets``, ``source`` (train or load a robust
-teacher), ``transfer`` (fine-tune a student from a teacher), ``evaluate`` (clean and robust accuracy of
-a run), ``runs`` (the table of finished runs). Bad input exits with status 2 and one line on stderr.
+Commands: ``demo`` (the main job: teachers, vanilla / NEFT / CARTL transfer, table and HTML report),
+``info`` (what k means for an architecture), ``datasets``, ``source`` (train or load a robust teacher),
+``transfer`` (fine-tune a student from a teacher), ``evaluate`` (clean and robust accuracy of a run),
+``sweep`` (a grid of transfers), ``runs`` (the table of finished runs), ``pretrain`` (the shipped
+teachers). Bad input exits with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -111,6 +113,57 @@ def cmd_runs(args) -> None:
     print(table[columns].to_string(index=False))
 
 
+def _percent_table(table, columns) -> str:
+    shown = table[columns].copy()
+    for column in ("clean_acc", "robust_acc"):
+        shown[column] = (100 * shown[column]).map(lambda v: f"{v:.1f}")
+    shown = shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %", "lam": "λ", "beta": "β"})
+    return shown.fillna("-").to_string(index=False)
+
+
+def _records(table) -> list[dict]:
+    return json.loads(table.to_json(orient="records"))
+
+
+def cmd_demo(args) -> None:
+    from .experiments import demo
+    result = demo(args.preset, root=args.runs_dir, device=args.device, from_scratch=args.from_scratch,
+                  seed=args.seed, report=args.report)
+    if args.json:
+        print(json.dumps({"students": _records(result.table), "teachers": _records(result.teachers),
+                          "report": str(result.report) if result.report else None,
+                          "seconds": round(result.seconds, 1), "notes": result.notes}, indent=2))
+        return
+    print("\n".join(result.notes))
+    print("\nTeachers on the source task:")
+    print(_percent_table(result.teachers, ["label", "k", "lam", "clean_acc", "robust_acc"]))
+    print("\nTransfer to the target task:")
+    print(_percent_table(result.table, ["label", "method", "k", "lam", "beta", "clean_acc", "robust_acc"]))
+    if result.report:
+        print(f"\nreport: {result.report}")
+    print(f"({result.seconds:.0f} s)")
+
+
+def cmd_sweep(args) -> None:
+    from .experiments import sweep
+    table = sweep(args.preset, root=args.runs_dir, device=args.device, ks=args.k, methods=args.method,
+                  betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed)
+    if args.json:
+        print(json.dumps(_records(table), indent=2))
+    else:
+        print(_percent_table(table, ["method", "teacher", "k", "lam", "beta", "bn_case", "clean_acc", "robust_acc"]))
+
+
+def cmd_pretrain(args) -> None:
+    from .experiments import pretrain
+    from .runs import SHIPPED_RUNS
+    table = pretrain(args.preset, root=args.out or SHIPPED_RUNS, device=args.device or "cpu")
+    if args.json:
+        print(json.dumps(_records(table), indent=2))
+    else:
+        print(_percent_table(table, ["run", "method", "k", "lam", "clean_acc", "robust_acc"]))
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit status 2), naming the allowed values."""
 
@@ -133,6 +186,14 @@ def parser() -> argparse.ArgumentParser:
         if runs:
             p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("demo", help="the main job: AT and FDM teachers; vanilla, NEFT and CARTL transfer; "
+                                    "table and HTML report")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
+    p.add_argument("--report", default="reports/demo-{preset}.html", help="HTML report path (default %(default)s)")
+    common(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="blocks, FDM feature and trainable parameters for each k")
     p.add_argument("--arch", default="wrn34_10", choices=list(ARCHITECTURES))
@@ -171,6 +232,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=None, help="evaluate the first n test examples")
     common(p, runs=False)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="a grid of transfers over k, method, β, λ and BatchNorm case (finished runs are skipped)")
+    p.add_argument("-k", type=int, nargs="+", default=None, help="fine-tuned blocks (default: the preset's k)")
+    p.add_argument("--method", nargs="+", default=["tl"], choices=TRANSFER_METHODS)
+    p.add_argument("--beta", type=float, nargs="+", default=None, help="NEFT bounds β (neft only)")
+    p.add_argument("--teacher", default="at", choices=SOURCE_METHODS)
+    p.add_argument("--lam", type=float, nargs="+", default=None, help="FDM teachers' λ (with --teacher fdm)")
+    p.add_argument("--bn-case", nargs="+", default=["vanilla"], choices=[*BN_CASES, *BN_CASE_ALIASES])
+    common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes data/runs)")
+    p.add_argument("--out", default=None, help="folder to write them to (default: the kit's data/runs)")
+    common(p, runs=False)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("runs", help="the table of finished runs")
     p.add_argument("--runs-dir", default=None)

@@ -259,7 +259,7 @@ PRESETS: dict[str, Preset] = {
         name="quick", arch="wrn16_1", source_dataset="mnist5k[0-4]", target_dataset="mnist5k[5-9]",
         train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
         evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20)),
-        source_optim=OptimConfig(epochs=10, batch_size=64, milestones=(0.5, 0.75)),
+        source_optim=OptimConfig(epochs=6, batch_size=64, milestones=(0.5, 0.75)),
         transfer_optim=OptimConfig(epochs=5, batch_size=64, base_lr=0.05, milestones=(0.6,)),
         k=3, lam=0.01, beta=0.6,
     ),

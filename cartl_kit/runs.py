@@ -63,9 +63,9 @@ def run_path(config: Config, root: str | os.PathLike | None = None) -> Path:
     return runs_root(root) / f"{config.slug}-{config_hash(config)}"
 
 
-def find_run(config: Config, root: str | os.PathLike | None = None) -> Path | None:
-    """The complete folder of ``config`` in ``root`` or among the shipped runs, if any."""
-    for base in (runs_root(root), SHIPPED_RUNS):
+def find_run(config: Config, root: str | os.PathLike | None = None, *, shipped: bool = True) -> Path | None:
+    """The complete folder of ``config`` in ``root`` or (with ``shipped``) among the shipped runs, if any."""
+    for base in (runs_root(root), SHIPPED_RUNS) if shipped else (runs_root(root),):
         path = base / f"{config.slug}-{config_hash(config)}"
         if (path / MODEL_FILE).exists():
             return path
@@ -212,23 +212,24 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
 
 
 def run(config: Config, *, root=None, device: torch.device | str | None = None, progress: bool = True,
-        callback: Callable[[dict], None] | None = None, train_teacher: bool = True) -> Run:
+        callback: Callable[[dict], None] | None = None, train_teacher: bool = True, shipped: bool = True) -> Run:
     """Load the finished run of ``config``, or train it (resuming if interrupted) and then load it.
 
     For a transfer config the teacher's run is found (or, with ``train_teacher``, trained) first.
+    ``shipped=False`` ignores the runs shipped in ``data/runs`` (everything is found in or trained into ``root``).
 
     Example:
         >>> teacher = run(get_preset("quick").source("at"))
     """
     device = torch.device(device) if device is not None else default_device()
-    path = find_run(config, root)
+    path = find_run(config, root, shipped=shipped)
     if path is None:
         teacher = None
         if isinstance(config, TransferConfig):
-            if find_run(config.teacher, root) is None and not train_teacher:
+            if find_run(config.teacher, root, shipped=shipped) is None and not train_teacher:
                 raise RunError(f"the teacher run {config.teacher.slug}-{config_hash(config.teacher)} does not exist "
                                f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
-            teacher = run(config.teacher, root=root, device=device, progress=progress).model
+            teacher = run(config.teacher, root=root, device=device, progress=progress, shipped=shipped).model
         path = _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher)
     return load_run(path)
 
@@ -257,9 +258,18 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path=path, config=config, model=model.eval(), history=history, metrics=metrics)
 
 
-def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True) -> dict:
-    """Clean and robust accuracy of a run on its test split, cached in its ``metrics.json``."""
-    if evaluation.name in finished.metrics:
+def is_shipped(path: str | os.PathLike) -> bool:
+    return Path(path).resolve().is_relative_to(SHIPPED_RUNS)
+
+
+def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True,
+             save: bool | None = None, cached: bool = True) -> dict:
+    """Clean and robust accuracy of a run on its test split, cached in its ``metrics.json``.
+
+    ``save`` (default: unless the run is a shipped one, which stays read-only) writes the result to
+    ``metrics.json``; ``cached=False`` evaluates again even when a result is recorded.
+    """
+    if cached and evaluation.name in finished.metrics:
         return finished.metrics[evaluation.name]
     device = torch.device(device) if device is not None else default_device()
     test = make_loader(_data(finished.config.dataset, "test"), batch_size=256, device=device)
@@ -269,9 +279,12 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
                              max_examples=evaluation.max_examples,
                              generator=torch.Generator(device=device).manual_seed(0), progress=progress)
     finished.model.cpu()
+    if save is None:
+        save = not is_shipped(finished.path)
+    if not save:
+        return result.as_dict()
     finished.metrics[evaluation.name] = result.as_dict()
-    if not str(finished.path).startswith(str(SHIPPED_RUNS)):
-        write_json(finished.path / "metrics.json", finished.metrics)
+    write_json(finished.path / "metrics.json", finished.metrics)
     return finished.metrics[evaluation.name]
 
 

@@ -1,0 +1,202 @@
+"""The kit's composite jobs, built on the runs store: ``demo``, ``sweep`` and ``pretrain``.
+
+- ``demo(preset)`` — the main job: an adversarially trained (AT) teacher and an FDM teacher, then vanilla
+  fine-tuning and NEFT from the AT teacher and CARTL (FDM teacher + NEFT) at the preset's k, each
+  evaluated clean and under PGD; returns the table and writes an HTML report. It uses the shipped
+  teachers of the preset when they exist; ``from_scratch=True`` trains everything.
+- ``sweep(preset, ks=, methods=, betas=, lams=, bn_cases=)`` — a grid of transfers, skipping finished runs.
+- ``pretrain(preset)`` — trains and evaluates the teachers that ship in ``data/runs`` (``SHIPPED_TEACHERS``).
+
+All three return pandas DataFrames (one row per run) and leave every model in a run folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
+from .runs import SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_root
+
+# The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
+SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = {
+    "quick": (("at", None, None),
+              ("fdm", 3, 0.003), ("fdm", 3, 0.01), ("fdm", 3, 0.03),
+              ("fdm", 2, 0.01), ("fdm", 4, 0.01)),
+}
+FROM_SCRATCH_DIR = "from-scratch"  # where demo(from_scratch=True) keeps its runs, apart from students of shipped teachers
+
+
+def _say(message: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(message, file=sys.stderr)
+
+
+def shipped_teacher_configs(preset: str | Preset = "quick", seed: int = 0) -> list[SourceConfig]:
+    """The source configs of the teachers shipped for ``preset`` (empty when it ships none)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return [preset.source(method, k=k, lam=lam, seed=seed) for method, k, lam in SHIPPED_TEACHERS.get(preset.name, ())]
+
+
+def _row(finished: Run, result: dict, **extra) -> dict:
+    config = finished.config
+    row = {"run": finished.path.name, **extra}
+    if isinstance(config, TransferConfig):
+        row.update(method=config.method, teacher=config.teacher.method, k=config.k,
+                   lam=config.teacher.lam, beta=config.beta, bn_case=config.bn_case, lwf_lam=config.lwf_lam)
+    else:
+        row.update(method=config.method, k=config.k, lam=config.lam)
+    row.update(clean_acc=result["clean_acc"], robust_acc=result["robust_acc"], n=result["n"],
+               shipped=is_shipped(finished.path))
+    return row
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+@dataclass
+class DemoResult:
+    """What ``demo`` returns: the students' table, the teachers' table, the report path, the seconds taken."""
+
+    table: "object"  # pandas.DataFrame: label, method, teacher, k, lam, beta, clean_acc, robust_acc, run, ...
+    teachers: "object"  # pandas.DataFrame: the two teachers on the source task
+    report: Path | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch: bool = False, seed: int = 0,
+         report: str | os.PathLike | None = "reports/demo-{preset}.html", progress: bool = True,
+         log: Callable[[str], None] | None = _say) -> DemoResult:
+    """Teachers (AT, FDM), three transfers (vanilla, NEFT, CARTL) at the preset's k, evaluated; a report.
+
+    Runs that exist are loaded, so a second call takes seconds. With ``from_scratch`` the shipped
+    teachers are ignored and all runs live in ``<root>/from-scratch/``.
+
+    Example:
+        >>> result = demo("quick")
+        >>> result.table[["label", "clean_acc", "robust_acc"]]
+    """
+    import pandas as pd
+    started = time.perf_counter()
+    log = log or (lambda message: None)
+    preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    if from_scratch:
+        root = runs_root(root) / FROM_SCRATCH_DIR
+    shipped = not from_scratch
+    teachers = {"AT": preset_.source("at", seed=seed), "FDM": preset_.source("fdm", seed=seed)}
+    k, beta, lam = preset_.k, preset_.beta, preset_.lam
+    students = [("vanilla TL", preset_.transfer(teachers["AT"], "tl", k=k, seed=seed)),
+                ("NEFT", preset_.transfer(teachers["AT"], "neft", k=k, beta=beta, seed=seed)),
+                ("CARTL (FDM + NEFT)", preset_.transfer(teachers["FDM"], "neft", k=k, beta=beta, seed=seed))]
+    notes = [f"preset {preset_.name}: {preset_.arch}, source {preset_.source_dataset} -> target "
+             f"{preset_.target_dataset}, k = {k}, λ = {lam:g}, β = {beta:g}; robust accuracy under "
+             f"PGD-{preset_.evaluation.attack.steps}, ε = {preset_.evaluation.attack.eps:.4g}"]
+    steps = len(teachers) + len(students)
+    teacher_rows, histories = [], {}
+    for index, (name, config) in enumerate(teachers.items(), 1):
+        found = find_run(config, root, shipped=shipped)
+        what = ("shipped with the kit" if is_shipped(found) else "found") if found else "training"
+        log(f"[{index}/{steps}] {name} teacher ({config.slug}): {what}")
+        finished = run(config, root=root, device=device, progress=progress, shipped=shipped)
+        result = evaluate(finished, preset_.evaluation, device=device, progress=progress)
+        teacher_rows.append(_row(finished, result, label=f"{name} teacher", dataset=config.dataset))
+        histories[f"{name} teacher"] = finished.history
+        if is_shipped(finished.path):
+            notes.append(f"{name} teacher loaded from the kit's shipped runs ({finished.path.name}); "
+                         "train it yourself with --from-scratch")
+    rows = []
+    for index, (label, config) in enumerate(students, len(teachers) + 1):
+        found = find_run(config, root, shipped=shipped)
+        log(f"[{index}/{steps}] {label} ({config.slug}): {'found' if found else 'fine-tuning'}")
+        finished = run(config, root=root, device=device, progress=progress, shipped=shipped)
+        result = evaluate(finished, preset_.evaluation, device=device, progress=progress)
+        rows.append(_row(finished, result, label=label))
+    table = pd.DataFrame(rows)
+    teacher_table = pd.DataFrame(teacher_rows)
+    path = None
+    if report is not None:
+        from .plots import history_figure, tradeoff_figure, write_report
+        path = Path(str(report).format(preset=preset_.name))
+        shown = table[["label", "method", "teacher", "k", "lam", "beta", "clean_acc", "robust_acc", "n", "run"]]
+        teacher_shown = teacher_table[["label", "dataset", "k", "lam", "clean_acc", "robust_acc", "n", "run"]]
+        write_report(path, title=f"CARTL demo — preset {preset_.name}", notes=notes,
+                     tables={"Transfer to the target task": shown, "Teachers on the source task": teacher_shown},
+                     figures=[tradeoff_figure(table, color="label"),
+                              history_figure(histories, "train_adv_acc",
+                                             title="Teachers: accuracy on their PGD examples per epoch")])
+    return DemoResult(table=table, teachers=teacher_table, report=path, seconds=time.perf_counter() - started,
+                      notes=notes)
+
+
+# --- sweep --------------------------------------------------------------------------------------
+
+def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = None, methods: Iterable[str] = ("tl",),
+                  betas: Iterable[float] | None = None, teacher: str = "at", lams: Iterable[float] | None = None,
+                  bn_cases: Iterable[str] = ("vanilla",), seed: int = 0) -> list[TransferConfig]:
+    """The transfer configs of a grid (validated before anything runs; duplicates dropped).
+
+    ``betas`` apply to ``neft`` only; an FDM teacher (``teacher="fdm"``) is trained for each λ in
+    ``lams`` with the same k as the student it feeds (CARTL's pairing).
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    ks = list(ks) if ks is not None else [preset.k]
+    betas = list(betas) if betas is not None else [preset.beta]
+    lams = list(lams) if lams is not None else [preset.lam]
+    if teacher not in ("at", "fdm"):
+        raise ValueError(f"unknown teacher method {teacher!r}; choose one of at, fdm")
+    configs: dict[str, TransferConfig] = {}
+    for k, method, bn_case, lam in itertools.product(ks, methods, bn_cases, lams if teacher == "fdm" else [None]):
+        source = preset.source(teacher, k=k if teacher == "fdm" else None, lam=lam, seed=seed)
+        for beta in betas if method == "neft" else [None]:
+            config = preset.transfer(source, method, k=k, beta=beta, bn_case=bn_case, seed=seed,
+                                     lwf_lam=preset.lam if method == "lwf" else None)
+            configs.setdefault(config_hash(config), config)
+    return list(configs.values())
+
+
+def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: bool = True,
+          log: Callable[[str], None] | None = _say, **grid) -> "object":
+    """Run (or load) and evaluate every transfer of a grid (see ``sweep_configs``); a DataFrame of results.
+
+    Example:
+        >>> table = sweep("quick", ks=[1, 2, 3, 4], methods=["tl", "neft"])
+    """
+    import pandas as pd
+    preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    configs = sweep_configs(preset_, **grid)
+    log = log or (lambda message: None)
+    rows = []
+    for index, config in enumerate(configs, 1):
+        found = find_run(config, root)
+        log(f"[{index}/{len(configs)}] {config.slug}: {'found, skipped' if found else 'fine-tuning'}")
+        finished = run(config, root=root, device=device, progress=progress)
+        rows.append(_row(finished, evaluate(finished, preset_.evaluation, device=device, progress=progress)))
+    return pd.DataFrame(rows)
+
+
+# --- the shipped teachers -----------------------------------------------------------------------
+
+def pretrain(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu", progress: bool = True,
+             log: Callable[[str], None] | None = _say) -> "object":
+    """Train and evaluate the teachers of ``SHIPPED_TEACHERS[preset]`` into ``root`` (default: the kit's
+    ``data/runs``). Finished ones are kept; a DataFrame of their clean and robust source accuracy is returned.
+
+    This is the command that made the shipped files: ``python -m cartl_kit pretrain --preset quick``.
+    """
+    import pandas as pd
+    preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    configs = shipped_teacher_configs(preset_)
+    if not configs:
+        raise ValueError(f"preset {preset_.name!r} ships no teachers; pretrain knows {', '.join(SHIPPED_TEACHERS)}")
+    log = log or (lambda message: None)
+    rows = []
+    for index, config in enumerate(configs, 1):
+        log(f"[{index}/{len(configs)}] {config.slug}")
+        finished = run(config, root=root, device=device, progress=progress)
+        rows.append(_row(finished, evaluate(finished, preset_.evaluation, device=device, progress=progress, save=True)))
+    return pd.DataFrame(rows)

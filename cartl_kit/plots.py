@@ -1,0 +1,102 @@
+"""Plotly figure builders and the self-contained HTML report (headless: nothing here needs a browser).
+
+Every builder takes plain values (a DataFrame of runs, a list of history records) and returns a
+``plotly.graph_objects.Figure``; notebooks show it, ``write_report`` embeds it in one HTML file that
+carries plotly.js inline, so the report opens offline.
+
+- ``tradeoff_figure(table)`` — clean accuracy against robust accuracy, one marker per run (the paper's
+  accuracy/robustness trade-off; up and to the right is better).
+- ``history_figure(histories, metric)`` — a per-epoch training curve for each run.
+- ``write_report(path, title=, tables=, figures=, notes=)`` — the HTML report, written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import plotly.graph_objects as go
+
+PERCENT_COLUMNS = ("clean_acc", "robust_acc")
+
+
+def tradeoff_figure(table, *, label: str = "label", color: str | None = "method",
+                    title: str = "Accuracy against robustness on the target task") -> go.Figure:
+    """Clean accuracy (y) against robust accuracy (x), in percent, one marker per row of ``table``.
+
+    ``table`` needs ``clean_acc`` and ``robust_acc`` (fractions) and a ``label`` column for the marker text;
+    rows are grouped into traces by ``color`` when that column exists.
+    """
+    missing = [c for c in (*PERCENT_COLUMNS, label) if c not in table.columns]
+    if missing:
+        raise ValueError(f"tradeoff_figure needs the column(s) {', '.join(missing)}")
+    fig = go.Figure()
+    groups = table.groupby(color, sort=False) if color and color in table.columns else [(None, table)]
+    for name, rows in groups:
+        fig.add_trace(go.Scatter(
+            x=100 * rows["robust_acc"], y=100 * rows["clean_acc"], mode="markers+text", name=str(name or "runs"),
+            text=rows[label], textposition="top center", marker=dict(size=12),
+            hovertemplate="%{text}<br>robust %{x:.1f} %<br>clean %{y:.1f} %<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="robust accuracy (%)", yaxis_title="clean accuracy (%)",
+                      template="plotly_white", legend_title_text=color or "")
+    return fig
+
+
+def history_figure(histories: Mapping[str, list[dict]], metric: str = "loss", *,
+                   title: str | None = None) -> go.Figure:
+    """One line per run of ``metric`` against epoch (records as written by ``fit``'s callback)."""
+    fig = go.Figure()
+    for name, records in histories.items():
+        points = [(r["epoch"], r[metric]) for r in records if metric in r]
+        if points:
+            epochs, values = zip(*points)
+            fig.add_trace(go.Scatter(x=list(epochs), y=list(values), mode="lines+markers", name=name))
+    fig.update_layout(title=title or f"{metric} per epoch", xaxis_title="epoch", yaxis_title=metric,
+                      template="plotly_white")
+    return fig
+
+
+def _table_html(table) -> str:
+    shown = table.copy()
+    for column in PERCENT_COLUMNS:
+        if column in shown.columns:
+            shown[column] = (100 * shown[column]).map(lambda v: f"{v:.1f}")
+    shown = shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %"})
+    return shown.to_html(index=False, na_rep="", border=0, classes="runs")
+
+
+def write_report(path: str | os.PathLike, *, title: str, tables: Mapping[str, object] | None = None,
+                 figures: Iterable[go.Figure] = (), notes: Iterable[str] = ()) -> Path:
+    """Write a self-contained HTML report (plotly.js inline; opens without a network) and return its path.
+
+    ``tables`` maps a heading to a DataFrame (``clean_acc``/``robust_acc`` are shown in percent).
+
+    The file is written to a temporary name and renamed, so a report is either complete or absent.
+    """
+    path = Path(path)
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p>{html.escape(note)}</p>" for note in notes]
+    for heading, table in (tables or {}).items():
+        parts += [f"<h2>{html.escape(heading)}</h2>", _table_html(table)]
+    for index, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=index == 0, default_width="100%",
+                                 default_height="520px"))
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+            "table.runs{border-collapse:collapse;margin:1em 0}"
+            "table.runs td,table.runs th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}"
+            "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
