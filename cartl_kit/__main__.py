@@ -113,12 +113,23 @@ def cmd_runs(args) -> None:
     print(table[columns].to_string(index=False))
 
 
+def _cell(column: str, value) -> str:
+    import pandas as pd
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if column in ("clean_acc", "robust_acc"):
+        return f"{100 * value:.1f}"
+    if column == "k":
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _percent_table(table, columns) -> str:
-    shown = table[columns].copy()
-    for column in ("clean_acc", "robust_acc"):
-        shown[column] = (100 * shown[column]).map(lambda v: f"{v:.1f}")
+    shown = table[columns].astype(object).copy()
+    for column in columns:
+        shown[column] = [_cell(column, value) for value in table[column]]
     shown = shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %", "lam": "λ", "beta": "β"})
-    return shown.fillna("-").to_string(index=False)
+    return shown.to_string(index=False)
 
 
 def _records(table) -> list[dict]:

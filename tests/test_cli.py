@@ -37,7 +37,7 @@ def test_info_reports_the_reference_table(cli):
 
 
 def test_every_command_has_help(cli):
-    for command in ("info", "datasets", "source", "transfer", "evaluate", "runs"):
+    for command in ("demo", "info", "datasets", "source", "transfer", "evaluate", "sweep", "runs", "pretrain"):
         result = cli(command, "--help")
         assert result.returncode == 0 and "usage" in result.stdout
 
@@ -52,6 +52,10 @@ def test_every_command_has_help(cli):
     (("transfer", "--method", "ft"), "invalid choice: 'ft'.*neft"),
     (("transfer", "--no-teacher-training"), "teacher run .* does not exist"),
     (("evaluate", "no/such/run"), "not a run folder"),
+    (("sweep", "-k", "2", "9"), "k must be an integer in 1..8 for wrn16_1"),
+    (("sweep", "--method", "neft", "--beta", "0.5", "-1"), "beta .* must be > 0"),
+    (("sweep", "--teacher", "fdm", "--lam", "-1"), "must be a finite number >= 0"),
+    (("demo", "--preset", "huge"), "invalid choice: 'huge'.*quick"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
