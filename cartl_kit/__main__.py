@@ -71,7 +71,8 @@ def cmd_source(args) -> None:
 def _transfer_config(args):
     from .config import get_preset
     preset = get_preset(args.preset)
-    teacher = preset.source(args.teacher, k=args.teacher_k, lam=args.lam, seed=args.seed)
+    teacher_k = args.teacher_k if args.teacher_k is not None else args.k  # CARTL pairs the FDM teacher's k with the student's
+    teacher = preset.source(args.teacher, k=teacher_k, lam=args.lam, seed=args.seed)
     return preset, preset.transfer(teacher, args.method, k=args.k, beta=args.beta, bn_case=args.bn_case,
                                    lwf_lam=args.lwf_lam, seed=args.seed)
 
@@ -229,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-case", default="vanilla", choices=[*BN_CASES, *BN_CASE_ALIASES])
     p.add_argument("--lwf-lam", type=float, default=None, help="LwF weight λ_d")
     p.add_argument("--teacher", default="at", choices=SOURCE_METHODS, help="teacher training method")
-    p.add_argument("--teacher-k", type=int, default=None, help="FDM teacher's k (default: the preset's)")
+    p.add_argument("--teacher-k", type=int, default=None, help="FDM teacher's k (default: the student's k)")
     p.add_argument("--lam", type=float, default=None, help="FDM teacher's λ (default: the preset's)")
     p.add_argument("--no-teacher-training", action="store_true", help="fail instead of training a missing teacher")
     common(p)

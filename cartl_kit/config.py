@@ -260,8 +260,8 @@ PRESETS: dict[str, Preset] = {
         train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
         evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20)),
         source_optim=OptimConfig(epochs=6, batch_size=64, milestones=(0.5, 0.75)),
-        transfer_optim=OptimConfig(epochs=5, batch_size=64, base_lr=0.05, milestones=(0.6,)),
-        k=3, lam=0.01, beta=0.6,
+        transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
+        k=4, lam=0.01, beta=0.6,
     ),
     # GPU hours: the reference's CIFAR-100 -> CIFAR-10 with WRN-34-10, 100 epochs, PGD-100 evaluation.
     "paper": Preset(

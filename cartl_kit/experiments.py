@@ -26,8 +26,8 @@ from .runs import SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_r
 # The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
 SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = {
     "quick": (("at", None, None),
-              ("fdm", 3, 0.003), ("fdm", 3, 0.01), ("fdm", 3, 0.03),
-              ("fdm", 2, 0.01), ("fdm", 4, 0.01)),
+              ("fdm", 4, 0.003), ("fdm", 4, 0.01), ("fdm", 4, 0.03),
+              ("fdm", 2, 0.01), ("fdm", 3, 0.01), ("fdm", 5, 0.01)),
 }
 FROM_SCRATCH_DIR = "from-scratch"  # where demo(from_scratch=True) keeps its runs, apart from students of shipped teachers
 

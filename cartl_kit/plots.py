@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -90,13 +89,11 @@ def write_report(path: str | os.PathLike, *, title: str, tables: Mapping[str, ob
             "table.runs{border-collapse:collapse;margin:1em 0}"
             "table.runs td,table.runs th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}"
             "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    from .runs import _atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _atomic_write(path, write)
     return path

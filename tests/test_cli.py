@@ -70,3 +70,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, monke
 def test_runs_on_an_empty_folder(cli, tmp_path):
     result = cli("runs", "--runs-dir", str(tmp_path))
     assert result.returncode == 0 and "no finished runs" in result.stdout
+
+
+def test_an_fdm_teacher_takes_the_students_k_unless_told():
+    from cartl_kit.__main__ import _transfer_config, parser
+    _, config = _transfer_config(parser().parse_args(["transfer", "--method", "neft", "--teacher", "fdm", "-k", "3"]))
+    assert (config.k, config.teacher.k, config.beta) == (3, 3, 0.6)
+    _, config = _transfer_config(parser().parse_args(["transfer", "--teacher", "fdm", "-k", "3", "--teacher-k", "5"]))
+    assert (config.k, config.teacher.k) == (3, 5)
+    _, config = _transfer_config(parser().parse_args(["transfer", "--teacher", "fdm"]))
+    assert config.k == config.teacher.k == 4  # the quick preset's k

@@ -42,6 +42,7 @@ def test_demo_trains_three_students_and_writes_a_self_contained_report(demo_root
     assert "<script src=" not in page and len(page) > 1_000_000  # plotly.js is inline: opens offline
     assert page.count("Plotly.newPlot") == 2
     assert not list(result.report.parent.glob(".*.tmp"))
+    assert result.report.stat().st_mode & 0o777 == 0o666 & ~runs._umask()  # readable like any file, not 0600
 
 
 def test_demo_again_loads_every_run(demo_root, monkeypatch):
