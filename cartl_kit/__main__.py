@@ -72,7 +72,9 @@ def _transfer_config(args):
     from .config import get_preset
     preset = get_preset(args.preset)
     teacher_k = args.teacher_k if args.teacher_k is not None else args.k  # CARTL pairs the FDM teacher's k with the student's
-    teacher = preset.source(args.teacher, k=teacher_k, lam=args.lam, seed=args.seed)
+    if args.teacher != "fdm" and (args.teacher_k is not None or args.lam is not None):
+        raise ValueError("--teacher-k and --lam describe an FDM teacher; add --teacher fdm")
+    teacher = preset.source(args.teacher, k=teacher_k if args.teacher == "fdm" else None, lam=args.lam, seed=args.seed)
     return preset, preset.transfer(teacher, args.method, k=args.k, beta=args.beta, bn_case=args.bn_case,
                                    lwf_lam=args.lwf_lam, seed=args.seed)
 
@@ -102,16 +104,16 @@ def cmd_evaluate(args) -> None:
 
 def cmd_runs(args) -> None:
     from .runs import load_runs
-    table = load_runs(args.runs_dir)
+    table = load_runs(args.runs_dir, include_shipped=not args.no_shipped)
     if args.json:
         print(table.to_json(orient="records"))
         return
     if table.empty:
         print("no finished runs")
         return
-    columns = [c for c in ("run", "kind", "method", "k", "lam", "beta", "bn_case", "evaluation", "clean_acc", "robust_acc")
+    columns = [c for c in ("run", "kind", "method", "k", "lam", "beta", "bn_case", "shipped", "clean_acc", "robust_acc")
                if c in table.columns]
-    print(table[columns].to_string(index=False))
+    print(_percent_table(table, columns))
 
 
 def _cell(column: str, value) -> str:
@@ -260,8 +262,9 @@ def parser() -> argparse.ArgumentParser:
     common(p, runs=False)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("runs", help="the table of finished runs")
+    p = sub.add_parser("runs", help="the table of finished runs (yours and the shipped teachers)")
     p.add_argument("--runs-dir", default=None)
+    p.add_argument("--no-shipped", action="store_true", help="leave out the teachers shipped in data/runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
     return top

@@ -50,7 +50,8 @@ def test_every_command_has_help(cli):
     (("transfer", "--bn-case", "frozen"), "invalid choice: 'frozen'.*freeze-reuse"),
     (("source", "--preset", "huge"), "invalid choice: 'huge'.*quick"),
     (("transfer", "--method", "ft"), "invalid choice: 'ft'.*neft"),
-    (("transfer", "--no-teacher-training"), "teacher run .* does not exist"),
+    (("transfer", "--teacher", "fdm", "--lam", "0.5", "--no-teacher-training"), "teacher run .* does not exist"),
+    (("transfer", "--lam", "0.5"), "describe an FDM teacher; add --teacher fdm"),
     (("evaluate", "no/such/run"), "not a run folder"),
     (("sweep", "-k", "2", "9"), "k must be an integer in 1..8 for wrn16_1"),
     (("sweep", "--method", "neft", "--beta", "0.5", "-1"), "beta .* must be > 0"),
@@ -67,9 +68,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, monke
     assert not (tmp_path / "runs").exists()
 
 
-def test_runs_on_an_empty_folder(cli, tmp_path):
-    result = cli("runs", "--runs-dir", str(tmp_path))
+def test_runs_on_an_empty_folder_lists_the_shipped_teachers(cli, tmp_path):
+    result = cli("runs", "--runs-dir", str(tmp_path), "--no-shipped")
     assert result.returncode == 0 and "no finished runs" in result.stdout
+    result = cli("runs", "--runs-dir", str(tmp_path), "--json")
+    rows = json.loads(result.stdout)
+    assert rows and all(row["shipped"] and row["kind"] == "source" for row in rows)
 
 
 def test_an_fdm_teacher_takes_the_students_k_unless_told():

@@ -32,3 +32,22 @@ def test_the_example_runs_and_prints_its_table():
         clean, robust = float(row[3]), float(row[4])
         assert 0 <= robust <= clean <= 100
         assert clean > 20  # better than chance (5 classes)
+
+
+def test_make_demo_is_the_main_job_and_reproduces_the_readmes_table(tmp_path):
+    """The README's first command, on the shipped teachers: its table matches the README within a point."""
+    assert "$(PY) -m cartl_kit demo" in (ROOT / "Makefile").read_text()
+    report = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "cartl_kit", "demo", "--json", "--runs-dir", str(tmp_path / "runs"),
+                           "--report", str(report), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = __import__("json").loads(done.stdout)
+    assert out["report"] == str(report) and report.exists()
+    assert all(teacher["shipped"] for teacher in out["teachers"])
+    readme = (ROOT / "README.md").read_text()
+    for student in out["students"]:
+        line = re.search(rf"^\s*{re.escape(student['label'])} .* ([\d.]+)\s+([\d.]+)$", readme, re.M)
+        assert line, f"README.md has no demo row for {student['label']}"
+        assert abs(float(line.group(1)) - 100 * student["clean_acc"]) <= 1.0
+        assert abs(float(line.group(2)) - 100 * student["robust_acc"]) <= 1.0
