@@ -56,6 +56,20 @@ def _row(finished: Run, result: dict, **extra) -> dict:
     return row
 
 
+def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=None, progress: bool = True,
+            **extra) -> dict:
+    """Run (or load) ``config``, evaluate it, and return its table row (config fields, clean and robust accuracy).
+
+    ``callback`` receives each epoch's record while a new run trains (e.g. ``LiveHistory.callback``);
+    ``extra`` columns (e.g. ``label=``) are added to the row.
+
+    Example:
+        >>> row = run_row(preset.transfer(preset.source("at"), "tl", k=2), preset.evaluation, label="k=2")
+    """
+    finished = run(config, root=root, device=device, progress=progress, callback=callback)
+    return _row(finished, evaluate(finished, evaluation, device=device, progress=progress), **extra)
+
+
 # --- demo ---------------------------------------------------------------------------------------
 
 @dataclass
