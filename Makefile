@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test venv clean
+.PHONY: demo test lab venv clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m cartl_kit demo
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

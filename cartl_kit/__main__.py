@@ -16,34 +16,19 @@ import sys
 import torch
 
 
-def _k_table(arch: str, k: int | None) -> list[dict]:
-    from .models import create_model
-    from .transfer import make_student, trainable_summary
-    with torch.device("meta"):
-        model = create_model(arch, num_classes=10)
-    num_blocks = model.num_blocks
-    rows = []
-    for depth in ([k] if k else range(1, num_blocks + 1)):
-        feature = model.forward_features(torch.empty(1, 3, 32, 32, device="meta"), upto=num_blocks - depth)
-        student = make_student(model, k=depth, num_classes=10, bn_case="train-update")
-        rows.append({"k": depth, "fine_tuned_blocks": f"{num_blocks - depth + 1}-{num_blocks}",
-                     "fdm_feature": "x".join(map(str, feature.shape[1:])), "d": feature[0].numel(),
-                     "trainable_params": trainable_summary(student)["trainable"]})
-    return rows
-
-
 def cmd_info(args) -> None:
     from .models import ARCHITECTURES
     from .config import _check_k
     if args.k is not None:
         _check_k(args.arch, args.k)
     spec = ARCHITECTURES[args.arch]
-    rows = _k_table(args.arch, args.k)
+    from .transfer import k_table
+    rows = k_table(args.arch, k=args.k, in_channels=args.channels, size=args.size, num_classes=args.classes)
     if args.json:
         print(json.dumps({"arch": args.arch, "L": spec.num_blocks, "rows": rows}, indent=2))
         return
     print(f"{args.arch}: L = {spec.num_blocks} blocks (3x{spec.units_per_group} residual units, final BN+LeakyReLU, fc); "
-          "32x32 RGB input, 10 classes")
+          f"{args.channels}x{args.size}x{args.size} input, {args.classes} classes")
     print(f"{'k':>3} {'fine-tuned':>11} {'FDM feature':>12} {'d':>8} {'trainable':>12}")
     for r in rows:
         print(f"{r['k']:>3} {r['fine_tuned_blocks']:>11} {r['fdm_feature']:>12} {r['d']:>8} {r['trainable_params']:>12,}")
@@ -212,6 +197,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="blocks, FDM feature and trainable parameters for each k")
     p.add_argument("--arch", default="wrn34_10", choices=list(ARCHITECTURES))
     p.add_argument("-k", type=int, default=None)
+    p.add_argument("--channels", type=int, default=3, help="input channels (quick preset: 1)")
+    p.add_argument("--size", type=int, default=32, help="input height and width (quick preset: 28)")
+    p.add_argument("--classes", type=int, default=10, help="classes of the head (quick preset: 5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 

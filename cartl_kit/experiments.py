@@ -60,13 +60,18 @@ def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=
             **extra) -> dict:
     """Run (or load) ``config``, evaluate it, and return its table row (config fields, clean and robust accuracy).
 
-    ``callback`` receives each epoch's record while a new run trains (e.g. ``LiveHistory.callback``);
+    ``callback`` receives each epoch's record while a new run trains (e.g. ``LiveHistory.callback``); for a
+    run that is loaded, it receives the recorded history, so live plots look the same either way.
     ``extra`` columns (e.g. ``label=``) are added to the row.
 
     Example:
         >>> row = run_row(preset.transfer(preset.source("at"), "tl", k=2), preset.evaluation, label="k=2")
     """
+    found = find_run(config, root) is not None
     finished = run(config, root=root, device=device, progress=progress, callback=callback)
+    if found and callback is not None:
+        for record in finished.history:
+            callback(record)
     return _row(finished, evaluate(finished, evaluation, device=device, progress=progress), **extra)
 
 

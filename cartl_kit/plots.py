@@ -7,6 +7,7 @@ carries plotly.js inline, so the report opens offline.
 - ``tradeoff_figure(table)`` — clean accuracy against robust accuracy, one marker per run (the paper's
   accuracy/robustness trade-off; up and to the right is better).
 - ``history_figure(histories, metric)`` — a per-epoch training curve for each run.
+- ``percent_table(table, columns)`` — accuracies in percent, for display.
 - ``write_report(path, title=, tables=, figures=, notes=)`` — the HTML report, written atomically.
 """
 
@@ -58,13 +59,17 @@ def history_figure(histories: Mapping[str, list[dict]], metric: str = "loss", *,
     return fig
 
 
-def _table_html(table) -> str:
-    shown = table.copy()
+def percent_table(table, columns: Iterable[str] | None = None):
+    """A copy of ``table`` (optionally only ``columns``) with accuracies as percent (1 decimal), for display."""
+    shown = table[list(columns)].copy() if columns is not None else table.copy()
     for column in PERCENT_COLUMNS:
         if column in shown.columns:
-            shown[column] = (100 * shown[column]).map(lambda v: f"{v:.1f}")
-    shown = shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %"})
-    return shown.to_html(index=False, na_rep="", border=0, classes="runs")
+            shown[column] = (100 * shown[column].astype(float)).round(1)
+    return shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %"})
+
+
+def _table_html(table) -> str:
+    return percent_table(table).to_html(index=False, na_rep="", border=0, classes="runs")
 
 
 def write_report(path: str | os.PathLike, *, title: str, tables: Mapping[str, object] | None = None,

@@ -182,3 +182,44 @@ def trainable_summary(model: nn.Module) -> dict:
         "bn_train": sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d)),
         "bn_frozen_stats": len(frozen_bns),
     }
+
+
+def k_table(arch: str, *, k: int | None = None, in_channels: int = 3, size: int = 32, num_classes: int = 10) -> list[dict]:
+    """What fine-tuning the last k blocks means for ``arch``, one row per k (or only ``k``).
+
+    Each row: ``k``, the fine-tuned blocks ``L-k+1..L``, the FDM feature shape (the input of block
+    L-k+1) and its size ``d``, and the student's trainable parameter count (BN case ``train-update``).
+    Built on the meta device: no memory, no weights.
+
+    Example:
+        >>> k_table("wrn16_1", in_channels=1, size=28, num_classes=5)[3]["fdm_feature"]
+        '32x14x14'
+    """
+    from .models import create_model
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    num_blocks = model.num_blocks
+    if k is not None:
+        check_k(model, k)
+    rows = []
+    for depth in ([k] if k is not None else range(1, num_blocks + 1)):
+        feature = model.forward_features(torch.empty(1, in_channels, size, size, device="meta"), upto=num_blocks - depth)
+        student = make_student(model, k=depth, num_classes=num_classes, bn_case="train-update")
+        rows.append({"k": depth, "fine_tuned_blocks": f"{num_blocks - depth + 1}-{num_blocks}",
+                     "fdm_feature": "x".join(map(str, feature.shape[1:])), "d": feature[0].numel(),
+                     "trainable_params": trainable_summary(student)["trainable"]})
+    return rows
+
+
+def block_table(model: WideResNet, *, k: int) -> list[dict]:
+    """One row per block of ``model``: its number, kind, parameter count, and whether it is fine-tuned at k.
+
+    Example:
+        >>> [r["status"] for r in block_table(create_model("wrn16_1", num_classes=5), k=2)][-3:]
+        ['frozen', 'fine-tuned', 'fine-tuned']
+    """
+    check_k(model, k)
+    num_blocks = model.num_blocks
+    return [{"block": index, "kind": type(block).__name__, "params": sum(p.numel() for p in block.parameters()),
+             "status": "fine-tuned" if index > num_blocks - k else "frozen"}
+            for index, block in enumerate(model.blocks, 1)]

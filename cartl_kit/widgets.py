@@ -56,23 +56,24 @@ class LiveHistory:
         >>> run(config, callback=live.callback); live.show()
     """
 
-    def __init__(self, metrics: Iterable[str] = ("loss",), *, title: str = "training", name: str = ""):
-        self.metrics, self.name, self.live = list(metrics), name, not headless()
+    def __init__(self, metrics: Iterable[str] = ("loss",), *, title: str = "training", name: str | None = None):
+        self.metrics, self.live = list(metrics), not headless()
         base = go.Figure(layout=dict(title=title, xaxis_title="epoch", template="plotly_white"))
         self.figure = go.FigureWidget(base) if self.live else base
-        for metric in self.metrics:
-            self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=f"{name} {metric}".strip())
         self._shown = False
+        if name is not None:
+            self.new_run(name)
         if self.live:
             self.show()
 
     def new_run(self, name: str) -> None:
         """Start new curves (one per metric) for another run in the same figure."""
-        self.name = name
         for metric in self.metrics:
             self.figure.add_scatter(x=[], y=[], mode="lines+markers", name=f"{name} {metric}")
 
     def callback(self, record: Mapping) -> None:
+        if not self.figure.data:
+            self.new_run("run")
         traces = self.figure.data[-len(self.metrics):]
         with self.figure.batch_update() if self.live else _nothing():
             for trace, metric in zip(traces, self.metrics):

@@ -142,3 +142,13 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy(config):
     assert again["n"] == recorded["n"]
     assert abs(again["clean_acc"] - recorded["clean_acc"]) <= 0.01
     assert abs(again["robust_acc"] - recorded["robust_acc"]) <= 0.01
+
+
+def test_run_row_replays_a_loaded_runs_history_into_the_callback(demo_root):
+    root, first = demo_root
+    config = TINY.transfer(TINY.source("at"), "tl")
+    seen = []
+    row = experiments.run_row(config, TINY.evaluation, root=root, device="cpu", progress=False,
+                              callback=seen.append, label="again")
+    assert row["label"] == "again" and row["robust_acc"] == first.table["robust_acc"][0]
+    assert seen == runs.load_run(runs.find_run(config, root)).history and len(seen) == 1

@@ -108,3 +108,19 @@ def test_bad_case_and_k_are_refused(tiny_model):
     for k in (0, 9):
         with pytest.raises(ValueError, match="k must be an integer in 1..8"):
             ck.make_student(tiny_model, k=k, num_classes=3)
+
+
+def test_k_table_and_block_table_say_what_k_means():
+    from cartl_kit.transfer import block_table, k_table
+    rows = k_table("wrn16_1", in_channels=1, size=28, num_classes=5)
+    assert [r["k"] for r in rows] == list(range(1, 9))
+    assert [r["fdm_feature"] for r in rows[:4]] == ["64", "64x7x7", "64x7x7", "32x14x14"]
+    assert all(a["trainable_params"] < b["trainable_params"] for a, b in zip(rows, rows[1:]))
+    model = ck.create_model("wrn16_1", num_classes=5, in_channels=1)
+    assert rows[-1]["trainable_params"] == sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in model.stem.parameters())  # k = L: everything but the stem
+    table = block_table(model, k=3)
+    assert [r["status"] for r in table] == ["frozen"] * 5 + ["fine-tuned"] * 3
+    assert sum(r["params"] for r in table[-3:]) == rows[2]["trainable_params"]
+    with pytest.raises(ValueError, match="k must be an integer in 1..8"):
+        block_table(model, k=9)
