@@ -133,6 +133,8 @@ class TransferConfig:
             raise ValueError("lwf_lam belongs to method 'lwf'")
         if self.half_residual is None:
             object.__setattr__(self, "half_residual", self.method == "neft")
+        if self.bn_case == "freeze-reuse":  # one name per case, so both spellings share one run
+            object.__setattr__(self, "bn_case", "vanilla")
 
     @property
     def kind(self) -> str:

@@ -140,3 +140,8 @@ def test_a_missing_teacher_is_reported(tmp_path):
     with pytest.raises(runs.RunError, match="teacher run .* does not exist"):
         runs.run(tiny_transfer(), root=tmp_path, device="cpu", progress=False, train_teacher=False)
     assert not any(tmp_path.iterdir())  # nothing written for a refused run
+
+
+def test_freeze_reuse_and_vanilla_are_one_config():
+    assert tiny_transfer(bn_case="freeze-reuse") == tiny_transfer(bn_case="vanilla")
+    assert cfg.config_hash(tiny_transfer(bn_case="freeze-reuse")) == cfg.config_hash(tiny_transfer())
