@@ -57,7 +57,7 @@ def _row(finished: Run, result: dict, **extra) -> dict:
 
 
 def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=None, progress: bool = True,
-            **extra) -> dict:
+            shipped: bool = True, **extra) -> dict:
     """Run (or load) ``config``, evaluate it, and return its table row (config fields, clean and robust accuracy).
 
     ``callback`` receives each epoch's record while a new run trains (e.g. ``LiveHistory.callback``); for a
@@ -67,8 +67,8 @@ def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=
     Example:
         >>> row = run_row(preset.transfer(preset.source("at"), "tl", k=2), preset.evaluation, label="k=2")
     """
-    found = find_run(config, root) is not None
-    finished = run(config, root=root, device=device, progress=progress, callback=callback)
+    found = find_run(config, root, shipped=shipped) is not None
+    finished = run(config, root=root, device=device, progress=progress, callback=callback, shipped=shipped)
     if found and callback is not None:
         for record in finished.history:
             callback(record)
@@ -132,9 +132,8 @@ def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch
     for index, (label, config) in enumerate(students, len(teachers) + 1):
         found = find_run(config, root, shipped=shipped)
         log(f"[{index}/{steps}] {label} ({config.slug}): {'found' if found else 'fine-tuning'}")
-        finished = run(config, root=root, device=device, progress=progress, shipped=shipped)
-        result = evaluate(finished, preset_.evaluation, device=device, progress=progress)
-        rows.append(_row(finished, result, label=label))
+        rows.append(run_row(config, preset_.evaluation, root=root, device=device, progress=progress,
+                            shipped=shipped, label=label))
     table = pd.DataFrame(rows)
     teacher_table = pd.DataFrame(teacher_rows)
     path = None
@@ -193,8 +192,7 @@ def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: b
     for index, config in enumerate(configs, 1):
         found = find_run(config, root)
         log(f"[{index}/{len(configs)}] {config.slug}: {'found, skipped' if found else 'fine-tuning'}")
-        finished = run(config, root=root, device=device, progress=progress)
-        rows.append(_row(finished, evaluate(finished, preset_.evaluation, device=device, progress=progress)))
+        rows.append(run_row(config, preset_.evaluation, root=root, device=device, progress=progress))
     return pd.DataFrame(rows)
 
 

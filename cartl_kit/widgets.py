@@ -15,6 +15,7 @@ All computation goes through ``cartl_kit.runs`` (a run that exists is loaded at 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Callable, Iterable, Mapping
 
 import plotly.graph_objects as go
@@ -75,7 +76,7 @@ class LiveHistory:
         if not self.figure.data:
             self.new_run("run")
         traces = self.figure.data[-len(self.metrics):]
-        with self.figure.batch_update() if self.live else _nothing():
+        with self.figure.batch_update() if self.live else nullcontext():
             for trace, metric in zip(traces, self.metrics):
                 if metric in record:
                     trace.x = (*trace.x, record["epoch"])
@@ -108,14 +109,6 @@ class TradeoffScatter:
     def show(self) -> None:
         if not self.live:
             _show(self.figure)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def panel(controls: Mapping[str, object], action: Callable[..., object], *, button: str = "Run") -> object:
