@@ -105,19 +105,20 @@ def _cell(column: str, value) -> str:
     import pandas as pd
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "-"
-    if column in ("clean_acc", "robust_acc"):
-        return f"{100 * value:.1f}"
+    if column.endswith("%"):
+        return f"{value:.1f}"
     if column == "k":
         return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _percent_table(table, columns) -> str:
-    shown = table[columns].astype(object).copy()
-    for column in columns:
-        shown[column] = [_cell(column, value) for value in table[column]]
-    shown = shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %", "lam": "λ", "beta": "β"})
-    return shown.to_string(index=False)
+    """``plots.percent_table`` as text: '-' for missing values, k as an integer, λ and β by their letters."""
+    from .plots import percent_table
+    shown = percent_table(table, columns).astype(object)
+    for column in shown.columns:
+        shown[column] = [_cell(column, value) for value in shown[column]]
+    return shown.rename(columns={"lam": "λ", "beta": "β"}).to_string(index=False)
 
 
 def _records(table) -> list[dict]:
@@ -231,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--step-size", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("-n", type=int, default=None, help="evaluate the first n test examples")
+    p.add_argument("-n", type=int, default=None, help="evaluate a seeded random subset of n test examples (default: all)")
     common(p, runs=False)
     p.set_defaults(func=cmd_evaluate)
 

@@ -20,13 +20,18 @@ import torch
 
 from .attacks import check_attack_args, pgd_linf
 from .config import AttackConfig
-from .data import ImageData, make_loader
+from .data import ImageData, make_loader, sample
 from .models import WideResNet, check_k
 
 
-def _batches(data, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches from an ImageData, a loader (iterable of batches) or a single (x, y) pair."""
+def _batches(data, batch_size: int, max_examples: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches from an ImageData, a loader (iterable of batches) or a single (x, y) pair.
+
+    An ImageData with ``max_examples`` is cut to a seeded random subset (``data.sample``): test splits
+    are ordered by class, so their first n images would be mostly of the first classes."""
     if isinstance(data, ImageData):
+        if max_examples is not None:
+            data = sample(data, max_examples)
         return make_loader(data, batch_size=batch_size, shuffle=False, augment=False)
     if (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
             and data[0].dim() == 4):
@@ -45,7 +50,7 @@ def _per_example(model: WideResNet, data, *, k: int, max_examples: int | None, b
         raise ValueError(f"max_examples must be at least 1 (or None for all), got {max_examples}")
     device = next(model.parameters()).device
     values, seen = [], 0
-    for x, y in _batches(data, batch_size):
+    for x, y in _batches(data, batch_size, max_examples):
         if max_examples is not None:
             x, y = x[: max_examples - seen], y[: max_examples - seen]
         if len(y) == 0:
@@ -96,7 +101,8 @@ def feature_distances(
         step_size: PGD step in pixel units.
         steps: PGD steps (0: x′ is the random start, or x without one).
         random_start: start PGD at a uniform random point of the eps-ball.
-        max_examples: use only the first n examples (default: all).
+        max_examples: use only n examples (default: all): a seeded random subset of an ImageData, the
+            first n of a loader or an (x, y) pair.
         batch_size: examples per forward pass when ``data`` is an ImageData or an (x, y) pair.
         generator: ``torch.Generator`` for PGD's random starts (reproducible distances).
 
@@ -138,7 +144,8 @@ def feature_norms(model: WideResNet, data, *, k: int, max_examples: int | None =
         model: a WideResNet in eval mode.
         data: an ``ImageData`` split, a loader of ``(x, y)`` batches, or one ``(x, y)`` pair.
         k: fine-tuning depth; the feature is the input of block L−k+1.
-        max_examples: use only the first n examples (default: all).
+        max_examples: use only n examples (default: all): a seeded random subset of an ImageData, the
+            first n of a loader or an (x, y) pair.
         batch_size: examples per forward pass when ``data`` is an ImageData or an (x, y) pair.
 
     Returns:
@@ -229,6 +236,6 @@ def results_table(rows: Iterable[Mapping]):
         return frame
     frame = frame.drop_duplicates(subset="run", keep="first") if "run" in frame else frame
     columns = [c for c in _ROW_COLUMNS if c in frame] + [c for c in frame if c not in _HIDDEN_COLUMNS and c not in _ROW_COLUMNS]
-    table = frame.set_index("label")[columns] if "label" in frame else frame[columns]
-    return table.assign(**{"clean %": (100 * frame["clean_acc"]).round(1).values,
-                           "robust %": (100 * frame["robust_acc"]).round(1).values})
+    from .plots import percent_table
+    columns += ["clean_acc", "robust_acc"]
+    return percent_table(frame.set_index("label") if "label" in frame else frame, columns)

@@ -150,15 +150,15 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Robust evaluation: the attack and how many test examples (None: all)."""
+    """Robust evaluation: the attack and how many test examples (None: all; n: a seeded random subset)."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100))
     max_examples: int | None = None
 
     @property
     def name(self) -> str:
-        n = "all" if self.max_examples is None else str(self.max_examples)
-        return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}-n{n}"
+        n = "-nall" if self.max_examples is None else f"-sample{self.max_examples}"
+        return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}{n}"
 
 
 def _check_choice(what: str, value, allowed, *, shown=None, extra: tuple = ()) -> None:

@@ -898,6 +898,31 @@ def subsample(data: ImageData, *, per_class: int | None = None, fraction: float 
     return data.take(np.sort(np.concatenate(chosen)), name=data.name + suffix)
 
 
+def sample(data: ImageData, n: int, *, seed: int = 0) -> ImageData:
+    """A seeded random subset of ``n`` images (all of them when n >= len(data)), kept in dataset order.
+
+    Use it instead of "the first n": the embedded test splits are ordered by class, so their first n
+    images are mostly of the first classes.
+
+    Args:
+        data: a loaded split.
+        n: how many images (at least 1).
+        seed: selects which images (``np.random.default_rng(seed)``).
+
+    Returns:
+        A new ImageData named ``<name>~<n>`` (the same object when it already has at most n images).
+
+    >>> sample(load_dataset("digits", split="test"), 100).labels.unique().numel()
+    10
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer (or evaluate everything), got {n!r}")
+    if n >= len(data):
+        return data
+    chosen = np.random.default_rng(seed).choice(len(data), size=n, replace=False)
+    return data.take(np.sort(chosen), name=f"{data.name}~{n}")
+
+
 def load_dataset(name: str, *, split: str, root: PathLike | None = None, download: bool = True,
                  classes: Sequence[int] | None = None, per_class: int | None = None,
                  fraction: float | None = None, subset_seed: int = 0, size: int | None = None,

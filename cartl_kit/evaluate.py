@@ -116,7 +116,8 @@ def robust_accuracy(
         eps, step_size, steps, random_start: the L-inf PGD attack (paper: 8/255, 2/255, 100, True);
             ``steps=0`` measures clean accuracy only.
         device: default CUDA if present, else CPU; the model is moved there.
-        max_examples: evaluate only the first n examples (default: all).
+        max_examples: evaluate only the first n examples the loader yields (default: all). Test splits
+            may be ordered by class: for a representative subset, pass ``make_loader(sample(data, n))``.
         generator: optional ``torch.Generator`` for the random starts.
         progress: show a progress bar.
 

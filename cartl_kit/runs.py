@@ -23,7 +23,7 @@ import torch
 
 from . import __version__
 from .config import (EvalConfig, SourceConfig, TransferConfig, config_hash, from_json, to_dict, to_json)
-from .data import ImageData, dataset_stats, load_dataset, make_loader
+from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
 from .evaluate import robust_accuracy
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
@@ -279,11 +279,13 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
     if cached and evaluation.name in finished.metrics:
         return finished.metrics[evaluation.name]
     device = torch.device(device) if device is not None else default_device()
-    test = make_loader(_data(finished.config.dataset, "test"), batch_size=256, device=device)
+    test = _data(finished.config.dataset, "test")
+    if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class
+        test = sample(test, evaluation.max_examples)
+    test = make_loader(test, batch_size=256, device=device)
     attack = evaluation.attack
     result = robust_accuracy(finished.model.to(device).eval(), test, eps=attack.eps, step_size=attack.step_size,
                              steps=attack.steps, random_start=attack.random_start, device=device,
-                             max_examples=evaluation.max_examples,
                              generator=torch.Generator(device=device).manual_seed(0), progress=progress)
     finished.model.cpu()
     if save is None:

@@ -356,6 +356,22 @@ def test_subset_per_class_is_seeded_and_a_subset_of_the_split():
     assert not torch.equal(other.images, small.images) and other.class_counts() == [10] * 10
 
 
+def test_sample_is_seeded_spread_over_classes_and_unlike_the_first_n():
+    test = load_dataset("mnist5k[0-4]", split="test")
+    first = test.take(range(100))
+    assert sum(c > 0 for c in first.class_counts()) <= 2  # why sampling matters: the split is class-ordered
+    some = D.sample(test, 100)
+    assert len(some) == 100 and some.name == "mnist5k[0-4]~100" and min(some.class_counts()) >= 10
+    assert torch.equal(D.sample(test, 100).images, some.images)
+    assert not torch.equal(D.sample(test, 100, seed=1).images, some.images)
+    rows = {r.numpy().tobytes() for r in test.images.flatten(1)}
+    assert all(r.numpy().tobytes() in rows for r in some.images.flatten(1))
+    assert D.sample(test, 10_000) is test
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            D.sample(test, bad)
+
+
 def test_subset_fraction_and_split_rules():
     tenth = load_dataset("mnist5k[5-9]@10%", split="train")
     assert tenth.name == "mnist5k[5-9]@10%" and tenth.class_counts() == [40] * 5

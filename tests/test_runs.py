@@ -10,6 +10,8 @@ import torch
 
 from cartl_kit import config as cfg
 from cartl_kit import runs
+from cartl_kit.data import load_dataset, make_loader, sample
+from cartl_kit.evaluate import accuracy
 
 TINY_ATTACK = cfg.AttackConfig(eps=0.1, step_size=0.05, steps=1)
 TINY_OPTIM = cfg.OptimConfig(epochs=3, batch_size=128, milestones=(0.5,))
@@ -106,11 +108,18 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(trained_r
     assert straight.history[-1]["loss"] == resumed.history[-1]["loss"]
 
 
-def test_evaluations_are_cached_and_tabulated(trained_root, tmp_path):
+def test_evaluations_are_cached_and_tabulated(trained_root, tmp_path, monkeypatch):
     finished = runs.run(tiny_transfer(), root=copy_of(trained_root, tmp_path), device="cpu", progress=False)
     evaluation = cfg.EvalConfig(attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=3), max_examples=60)
+    sampled = []
+    monkeypatch.setattr(runs, "sample", lambda data, n: sampled.append(n) or sample(data, n))
     result = runs.evaluate(finished, evaluation, device="cpu", progress=False)
+    assert sampled == [60]
     assert result["n"] == 60 and 0 <= result["robust_acc"] <= result["clean_acc"] <= 1
+    # n examples means a seeded random subset of the (class-ordered) test split, not its first n
+    subset = sample(load_dataset(finished.config.dataset, split="test"), 60)
+    assert result["clean_acc"] == accuracy(finished.model.eval(), make_loader(subset, batch_size=256), device="cpu")
+    assert evaluation.name.endswith("-sample60")
     stored = json.loads((finished.path / "metrics.json").read_text())
     assert stored[evaluation.name] == result
     table = runs.load_runs(tmp_path, include_shipped=False)
