@@ -4,6 +4,7 @@ and, with non-default parameters, by papermill."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import nbformat
@@ -50,9 +51,88 @@ def _papermill(path, out, **params):
                                       kernel_name="python3", cwd=str(out.parent))
 
 
+def _notebook(stem: str) -> Path:
+    return next(p for p in NOTEBOOKS if p.stem == stem)
+
+
+def _output_text(path: Path) -> str:
+    """Everything an executed notebook printed or displayed as text or HTML."""
+    parts = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            data = output.get("data", {})
+            parts += [data.get("text/plain", ""), data.get("text/html", ""),
+                      data.get("application/vnd.plotly.v1+json", {}) and json.dumps(data["application/vnd.plotly.v1+json"])]
+    return "\n".join(str(p) for p in parts)
+
+
+# The notebooks' own run store (what nbval uses too, RUNS_DIR = "runs" next to them): runs the papermill
+# tests below train are loaded, not retrained, when nbval executes the notebooks with their defaults.
+SHARED_RUNS = NOTEBOOKS[0].parent / "runs"
+
+
+def _finished(config) -> dict:
+    """The recorded evaluations of the finished run of ``config`` in the shared store (asserts it exists)."""
+    from cartl_kit.runs import find_run
+    found = find_run(config, SHARED_RUNS)
+    assert found is not None and (found / "model.pt").exists(), f"no finished run of {config.slug} in {SHARED_RUNS}"
+    return json.loads((found / "metrics.json").read_text()) if (found / "metrics.json").exists() else {}
+
+
+def test_papermill_quickstart_with_another_lambda(tmp_path):
+    from cartl_kit.config import get_preset
+    preset = get_preset("quick")
+    _papermill(_notebook("00_quickstart"), tmp_path / "out.ipynb", LAMBDA=0.003, RUNS_DIR=str(SHARED_RUNS))
+    cartl = preset.transfer(preset.source("fdm", k=4, lam=0.003), "neft", k=4, beta=0.6)
+    assert preset.evaluation.name in _finished(cartl)
+    assert "λ = 0.003" in _output_text(tmp_path / "out.ipynb")
+
+
+def test_papermill_adversarial_training_with_another_attack(tmp_path):
+    _papermill(_notebook("01_adversarial_training"), tmp_path / "out.ipynb", EPS=0.2, STEPS=3, EPOCHS=1,
+               RUNS_DIR=str(SHARED_RUNS))
+    text = _output_text(tmp_path / "out.ipynb")
+    assert "attack ε = 0.2, PGD-3" in text and "after 1 epochs" in text
+
+
+def test_papermill_fdm_with_one_lambda(tmp_path):
+    from cartl_kit.config import get_preset
+    preset = get_preset("quick")
+    _papermill(_notebook("03_fdm"), tmp_path / "out.ipynb", LAMBDA=0.03, LAMBDAS=[0.03], RUNS_DIR=str(SHARED_RUNS))
+    cartl = preset.transfer(preset.source("fdm", k=4, lam=0.03), "neft", k=4, beta=0.6)
+    assert preset.evaluation.name in _finished(cartl)
+    text = _output_text(tmp_path / "out.ipynb")
+    assert "FDM teacher (λ = 0.03)" in text and "CARTL λ = 0.03" in text and "CARTL λ = 0.003" not in text
+
+
+def test_papermill_neft_with_one_beta(tmp_path):
+    from cartl_kit.config import get_preset
+    preset = get_preset("quick")
+    _papermill(_notebook("04_neft"), tmp_path / "out.ipynb", BETA=1.0, BETAS=[1.0], RUNS_DIR=str(SHARED_RUNS))
+    assert preset.evaluation.name in _finished(preset.transfer(preset.source("at"), "neft", k=4, beta=1.0))
+    text = _output_text(tmp_path / "out.ipynb")
+    assert "β=1.0" in text and "β=0.4" not in text and "β = 1.0" in text
+
+
+def test_papermill_batchnorm_with_another_panel_case(tmp_path):
+    _papermill(_notebook("05_batchnorm"), tmp_path / "out.ipynb", BN_CASE="train-update", RUNS_DIR=str(SHARED_RUNS))
+    assert "k = 4, train-update: clean" in _output_text(tmp_path / "out.ipynb")
+
+
+def test_papermill_baselines_with_another_small_size(tmp_path):
+    from cartl_kit.config import get_preset
+    preset = get_preset("quick")
+    _papermill(_notebook("06_cartl_vs_baselines"), tmp_path / "out.ipynb", PER_CLASS=10, RUNS_DIR=str(SHARED_RUNS))
+    small = f"{preset.target_dataset}@10/class"
+    cartl = preset.transfer(preset.source("fdm", k=4, lam=0.01), "neft", k=4, beta=0.6, dataset=small)
+    assert preset.evaluation.name in _finished(cartl)
+    assert small in _output_text(tmp_path / "out.ipynb")
+
+
 def test_papermill_runs_the_tradeoff_notebook_with_another_k(tmp_path):
     runs = tmp_path / "runs"
-    path = next(p for p in NOTEBOOKS if p.stem == "02_tradeoff_k")
+    path = _notebook("02_tradeoff_k")
     _papermill(path, tmp_path / "out.ipynb", K=3, K_VALUES=[3], RUNS_DIR=str(runs))
     made = sorted(p.parent.name for p in runs.glob("*/model.pt"))
     assert len(made) == 1 and made[0].startswith("tl-k3-vanilla-"), made
