@@ -56,17 +56,21 @@ def _row(finished: Run, result: dict, **extra) -> dict:
     return row
 
 
-def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=None, progress: bool = True,
+def run_row(config, evaluation: EvalConfig, *, root=None, device=None, callback=None, progress: bool | None = None,
             shipped: bool = True, **extra) -> dict:
     """Run (or load) ``config``, evaluate it, and return its table row (config fields, clean and robust accuracy).
 
     ``callback`` receives each epoch's record while a new run trains (e.g. ``LiveHistory.callback``); for a
     run that is loaded, it receives the recorded history, so live plots look the same either way.
-    ``extra`` columns (e.g. ``label=``) are added to the row.
+    ``extra`` columns (e.g. ``label=``) are added to the row. ``progress`` (default: ``widgets.watched()``)
+    draws training and evaluation bars: in a terminal or an open notebook, not under papermill or nbval.
 
     Example:
         >>> row = run_row(preset.transfer(preset.source("at"), "tl", k=2), preset.evaluation, label="k=2")
     """
+    if progress is None:
+        from .widgets import watched
+        progress = watched()
     found = find_run(config, root, shipped=shipped) is not None
     finished = run(config, root=root, device=device, progress=progress, callback=callback, shipped=shipped)
     if found and callback is not None:

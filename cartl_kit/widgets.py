@@ -41,6 +41,18 @@ def headless() -> bool:
     return not (interactive_kernel and "JPY_SESSION_NAME" in os.environ)
 
 
+def watched() -> bool:
+    """Whether progress bars are worth drawing: in a terminal or an open notebook, not in a kernel that
+    nobody watches (papermill, nbval), where each bar update is only another message to store."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    shell = get_ipython()
+    in_kernel = shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    return not (in_kernel and headless())
+
+
 def _show(obj) -> None:
     try:
         from IPython.display import display
