@@ -109,14 +109,15 @@ class TradeoffScatter:
                                      template="plotly_white"))
         self.figure = go.FigureWidget(base) if self.live else base
         self.figure.add_scatter(x=[], y=[], text=[], mode="markers+text", textposition="top center",
-                                marker=dict(size=11), name="runs",
+                                marker=dict(size=11), name="runs", cliponaxis=False,
                                 hovertemplate="%{text}<br>robust %{x:.1f} %<br>clean %{y:.1f} %<extra></extra>")
         if self.live:
             _show(self.figure)
 
     def add(self, label: str, clean_acc: float, robust_acc: float) -> None:
         trace = self.figure.data[0]
-        trace.x, trace.y, trace.text = (*trace.x, 100 * robust_acc), (*trace.y, 100 * clean_acc), (*trace.text, label)
+        with self.figure.batch_update() if self.live else nullcontext():  # one message: points and labels together
+            trace.x, trace.y, trace.text = (*trace.x, 100 * robust_acc), (*trace.y, 100 * clean_acc), (*trace.text, label)
 
     def show(self) -> None:
         if not self.live:
