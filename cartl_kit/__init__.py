@@ -3,7 +3,7 @@
 Importing the kit changes nothing (no seeding, no device work). The engine's public API:
 
 - models: ``create_model``, ``blocks``, ``ARCHITECTURES``, ``set_half_residual``
-- attacks: ``pgd_linf``, ``fgsm``
+- attacks: ``pgd_linf``, ``pgd_linf_any`` (any-iterate, the fast evaluation path), ``fgsm``
 - losses: ``fdm_loss``, ``lwf_loss``
 - NEFT: ``apply_neft``, ``remove_neft``, ``neft_report``
 - transfer: ``make_student``, ``BN_CASES``, ``trainable_summary``
@@ -12,7 +12,7 @@ Importing the kit changes nothing (no seeding, no device work). The engine's pub
 - utilities: ``seed_everything``, ``default_device``
 """
 
-from .attacks import fgsm, pgd_linf
+from .attacks import fgsm, pgd_linf, pgd_linf_any
 from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, robust_accuracy
 from .losses import fdm_loss, lwf_loss
 from .models import ARCHITECTURES, WideResNet, blocks, create_model, set_half_residual
@@ -25,7 +25,7 @@ __all__ = [
     "ARCHITECTURES", "BN_CASES", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
     "accuracy", "adversarial_step", "apply_neft", "blocks", "check_model", "conv_operator_norm",
     "create_model", "default_device", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
-    "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "remove_neft",
+    "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "pgd_linf_any", "remove_neft",
     "robust_accuracy", "seed_everything", "set_half_residual", "trainable_summary",
 ]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .config import (EvalConfig, SourceConfig, TransferConfig, config_hash, from_json, to_dict, to_json)
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
+from .cache import CachedFeatures, FromSplit, extract, feature_cache_blocker
 from .evaluate import robust_accuracy
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
@@ -170,8 +171,13 @@ def _step_for(config: Config, teacher: WideResNet | None):
     return natural_step
 
 
-def _train(config: Config, *, root, device, progress: bool, callback, teacher: WideResNet | None = None) -> Path:
-    """Train ``config`` into its folder, resuming from ``checkpoint.pt`` when present."""
+def _train(config: Config, *, root, device, progress: bool, callback, teacher: WideResNet | None = None,
+           cache_features: bool = True) -> Path:
+    """Train ``config`` into its folder, resuming from ``checkpoint.pt`` when present.
+
+    A transfer run whose frozen extractor's output cannot change (see ``cache.feature_cache_blocker``)
+    trains its last k blocks on features computed once, unless ``cache_features=False``.
+    """
     path = run_path(config, root)
     train_data = _data(config.dataset, "train")
     torch.manual_seed(config.seed)  # model init, NEFT's power-iteration start, PGD's random starts
@@ -205,8 +211,12 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
         if callback is not None:
             callback(record)
 
+    trained, batches = model, loader
+    if start <= optim.epochs and cache_features and isinstance(config, TransferConfig):
+        if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method == "lwf") is None:
+            trained, batches = FromSplit(model, k=config.k), CachedFeatures(loader, extract(model, loader, k=config.k))
     if start <= optim.epochs:
-        fit(model, loader, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
+        fit(trained, batches, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
             momentum=optim.momentum, weight_decay=optim.weight_decay, warmup_epochs=optim.warmup_epochs,
             milestones=optim.milestones, gamma=optim.gamma, device=device, callback=save_epoch,
             progress=progress, start_epoch=start, optimizer=optimizer)
@@ -219,11 +229,14 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
 
 
 def run(config: Config, *, root=None, device: torch.device | str | None = None, progress: bool = True,
-        callback: Callable[[dict], None] | None = None, train_teacher: bool = True, shipped: bool = True) -> Run:
+        callback: Callable[[dict], None] | None = None, train_teacher: bool = True, shipped: bool = True,
+        cache_features: bool = True) -> Run:
     """Load the finished run of ``config``, or train it (resuming if interrupted) and then load it.
 
     For a transfer config the teacher's run is found (or, with ``train_teacher``, trained) first.
     ``shipped=False`` ignores the runs shipped in ``data/runs`` (everything is found in or trained into ``root``).
+    ``cache_features=False`` turns off the transfer fast path (``cartl_kit.cache``), which trains on cached
+    extractor features where that gives the same result up to rounding.
 
     Example:
         >>> teacher = run(get_preset("quick").source("at"))
@@ -237,7 +250,8 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
                 raise RunError(f"the teacher run {config.teacher.slug}-{config_hash(config.teacher)} does not exist "
                                f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
             teacher = run(config.teacher, root=root, device=device, progress=progress, shipped=shipped).model
-        path = _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher)
+        path = _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher,
+                      cache_features=cache_features)
     return load_run(path)
 
 

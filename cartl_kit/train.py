@@ -200,6 +200,7 @@ def fit(
     progress: bool = True,
     start_epoch: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
+    channels_last: bool = False,
 ) -> list[dict]:
     """Train ``model`` with ``step`` for ``epochs`` epochs of SGD on the reference's schedule.
 
@@ -219,6 +220,8 @@ def fit(
         progress: show a progress bar over batches.
         start_epoch: resume at this epoch (1-based) of the same schedule.
         optimizer: an SGD optimiser to continue with (e.g. restored for a resume); default a new one.
+        channels_last: train in the channels-last memory format (the model is converted in place; faster
+            convolutions on many CPUs and GPUs, the same results up to floating-point rounding).
 
     Returns:
         One record per epoch: ``epoch``, ``lr``, ``seconds`` and the batch-mean of every metric the
@@ -230,7 +233,7 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     device = torch.device(device) if device is not None else default_device()
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")
@@ -249,6 +252,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             loss, metrics = step(model, x, y)
             if not math.isfinite(metrics.get("loss", loss.item())):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch}; lower the learning rate")

@@ -89,3 +89,47 @@ def test_bad_attack_arguments(tiny_model, kwargs, message):
         ck.pgd_linf(tiny_model, x, y, **kwargs)
     with pytest.raises(ValueError, match=message):
         ck.adversarial_step(**kwargs)
+
+
+# --- the any-iterate fast path --------------------------------------------------------------------
+
+def test_any_iterate_pgd_breaks_a_superset_of_what_final_iterate_pgd_breaks(robust_model, digits):
+    x, y = digits[2][:200], digits[3][:200]
+    kwargs = dict(eps=1.5 * EPS, step_size=EPS / 4, steps=10)
+    final = ck.pgd_linf(robust_model, x, y, generator=torch.Generator().manual_seed(1), **kwargs)
+    x_any, broken = ck.pgd_linf_any(robust_model, x, y, generator=torch.Generator().manual_seed(1), **kwargs)
+    with torch.no_grad():
+        final_wrong = robust_model(final).argmax(1) != y
+        any_wrong = robust_model(x_any).argmax(1) != y
+    assert 0 < final_wrong.sum() < len(y)  # a regime where the comparison means something
+    assert (broken >= final_wrong).all(), "every final-iterate break is an any-iterate break"
+    assert torch.equal(any_wrong, broken), "x_adv is the iterate that broke each example"
+    # unbroken examples followed exactly the final-iterate trajectory
+    assert torch.allclose(x_any[~broken], final[~broken], atol=1e-6)
+    assert (x_any - x).abs().max() <= kwargs["eps"] + 1e-6 and x_any.min() >= 0 and x_any.max() <= 1
+
+
+def test_any_iterate_pgd_respects_the_active_mask_and_refuses_train_mode(robust_model, digits, tiny_model):
+    x, y = digits[2][:32], digits[3][:32]
+    active = torch.arange(32) % 2 == 0
+    x_adv, broken = ck.pgd_linf_any(robust_model, x, y, eps=EPS, step_size=EPS / 4, steps=3, active=active,
+                                    random_start=False)
+    assert broken[~active].all() and torch.equal(x_adv[~active], x[~active])
+    with pytest.raises(ValueError, match="eval mode"):
+        ck.pgd_linf_any(tiny_model.train(), x, y, eps=EPS, step_size=EPS / 4, steps=1)
+
+
+def test_robust_accuracy_any_mode_is_never_higher_and_channels_last_agrees(robust_model, digits):
+    x, y = digits[2], digits[3]
+    kwargs = dict(eps=1.5 * EPS, step_size=EPS / 4, steps=10, device="cpu", progress=False)
+    final = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), generator=torch.Generator().manual_seed(0), **kwargs)
+    fast = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), generator=torch.Generator().manual_seed(0),
+                              mode="any", **kwargs)
+    assert fast.attack == "pgd_linf_any" and fast.clean_acc == final.clean_acc
+    assert fast.robust_acc <= final.robust_acc and final.robust_acc - fast.robust_acc <= 0.02
+    nhwc = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), generator=torch.Generator().manual_seed(0),
+                              channels_last=True, **kwargs)
+    robust_model.to(memory_format=torch.contiguous_format)
+    assert nhwc.clean_acc == final.clean_acc and abs(nhwc.robust_acc - final.robust_acc) <= 2 / len(y)
+    with pytest.raises(ValueError, match="mode must be"):
+        ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), mode="first", **kwargs)

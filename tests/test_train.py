@@ -38,6 +38,29 @@ def test_fit_learns_and_reports_each_epoch(digits):
     assert {"lr", "seconds", "loss", "train_acc"} <= set(history[0])
 
 
+@pytest.mark.parametrize("step", ["natural", "adversarial"])
+def test_channels_last_training_matches_the_plain_path(digits, step):
+    """The fast path: the same SGD step in NHWC gives the same model up to rounding. (One step: training
+    amplifies rounding differences from step to step, and PGD's sign() turns them into different steps.)"""
+    x, y = digits[0][:64], digits[1][:64]
+    make_step = {"natural": lambda: ck.natural_step,
+                 "adversarial": lambda: ck.adversarial_step(eps=EPS, step_size=EPS / 3, steps=2)}[step]
+    runs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = ck.create_model("wrn16_1", num_classes=10, in_channels=1)
+        torch.manual_seed(1)  # the same random starts
+        history = ck.fit(model, Batches(x, y, batch_size=64), make_step(), epochs=1, warmup_epochs=0, milestones=(),
+                         device="cpu", progress=False, channels_last=channels_last)
+        runs.append((model, history))
+    (plain, plain_history), (nhwc, nhwc_history) = runs
+    assert nhwc.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc_history[-1]["loss"] == pytest.approx(plain_history[-1]["loss"], rel=1e-5)
+    atol = 1e-5 if step == "natural" else 1e-4
+    for (name, a), b in zip(plain.state_dict().items(), nhwc.state_dict().values()):
+        assert torch.allclose(a, b, atol=atol, rtol=1e-3), name
+
+
 def test_fit_only_updates_trainable_parameters(robust_model, digits):
     student = ck.make_student(robust_model, k=2, num_classes=5, bn_case="train-update")
     frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
