@@ -1,0 +1,90 @@
+"""Benchmark 3: one fine-tuning epoch for several k, on cached extractor features against recomputing them.
+
+    python bench/transfer_epoch.py [--ks 1 2 4 6 8] [--repeats 5]
+
+The quick preset's transfer: its shipped AT teacher (WRN-16-1, L = 8 blocks), the target split
+mnist5k[5-9] train, batch 64, vanilla fine-tuning of the last k blocks (BatchNorm case vanilla =
+freeze-reuse, no augmentation: the case where `cartl_kit.cache` applies).
+
+- plain: `fit` for one epoch on the images: every step runs the frozen stem and blocks 1..L-k again;
+- cached: `fit` for one epoch on `CachedFeatures` through `FromSplit`: only blocks L-k+1..L run.
+  Computing the features (`extract`, once per run) is timed apart, and the table also gives the
+  whole run of the preset's epochs, extraction included.
+
+Both candidates train their own copy of the same student and alternate (A B A B ...) after a warm-up
+epoch. Prints a table and writes bench/results/transfer_epoch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import cartl_kit as ck  # noqa: E402
+from cartl_kit.cache import CachedFeatures, FromSplit, extract  # noqa: E402
+from cartl_kit.config import get_preset  # noqa: E402
+from cartl_kit.data import load_dataset, make_loader  # noqa: E402
+from cartl_kit.runs import run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 4, 6, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = ck.default_device()
+    preset = get_preset("quick")
+    teacher = run(preset.source("at"), root="runs", progress=False).model
+    data = load_dataset(preset.target_dataset, split="train")
+    optim = preset.transfer_optim
+    epochs = optim.epochs
+
+    def one_epoch(model, batches):
+        return lambda: ck.fit(model, batches, ck.natural_step, epochs=1, base_lr=optim.base_lr, warmup_epochs=0,
+                              milestones=(), device=device, progress=False)
+
+    rows = []
+    for k in args.ks:
+        students = [ck.make_student(teacher, k=k, num_classes=data.num_classes, bn_case="vanilla").to(device)
+                    for _ in range(2)]
+        students[1].load_state_dict(students[0].state_dict())
+        plain_loader = make_loader(data, batch_size=optim.batch_size, device=device, seed=0)
+        cached_loader = make_loader(data, batch_size=optim.batch_size, device=device, seed=0)
+        extract_times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            features = extract(students[1], cached_loader, k=k)
+            common.sync(device)
+            extract_times.append(time.perf_counter() - start)
+        cached = CachedFeatures(cached_loader, features)
+        times = common.interleaved({"plain": one_epoch(students[0], plain_loader),
+                                    "cached": one_epoch(FromSplit(students[1], k=k), cached)},
+                                   repeats=args.repeats, warmup=1, device=device)
+        plain_s, cached_s, extract_s = (common.median(times["plain"]), common.median(times["cached"]),
+                                        common.median(extract_times))
+        rows.append({"k": k, "plain_epoch_s": round(plain_s, 3), "cached_epoch_s": round(cached_s, 3),
+                     "epoch_speedup": round(plain_s / cached_s, 2), "extract_s": round(extract_s, 3),
+                     f"run_{epochs}_epochs_speedup": round(epochs * plain_s / (extract_s + epochs * cached_s), 2),
+                     "times": times})
+        print(f"k={k}: plain {plain_s:.3f} s/epoch, cached {cached_s:.3f} s/epoch (×{plain_s / cached_s:.2f}), "
+              f"extraction {extract_s:.3f} s", flush=True)
+    info = common.machine()
+    path = common.write("transfer_epoch", {
+        "benchmark": f"one vanilla fine-tuning epoch, {preset.arch} (L = {teacher.num_blocks}), {data.name} train "
+                     f"({len(data)} images), batch {optim.batch_size}",
+        "command": "python " + " ".join(sys.argv), "machine": info, "rows": rows})
+    print()
+    print(common.table(rows, ["k", "plain_epoch_s", "cached_epoch_s", "epoch_speedup", "extract_s",
+                              f"run_{epochs}_epochs_speedup"]))
+    print(f"\n{info['date']}, {info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
