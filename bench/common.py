@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where the JSON goes: bench/results/, or CARTL_BENCH_RESULTS (the smoke tests write to a temporary folder).
+RESULTS = Path(os.environ.get("CARTL_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict:

@@ -150,15 +150,22 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Robust evaluation: the attack and how many test examples (None: all; n: a seeded random subset)."""
+    """Robust evaluation: the attack, how many test examples (None: all; n: a seeded random subset), and
+    ``mode``: ``"final"`` (the paper's final-iterate metric) or ``"any"`` (the fast any-iterate path, never
+    higher; see ``evaluate.robust_accuracy``)."""
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100))
     max_examples: int | None = None
+    mode: str = "final"
+
+    def __post_init__(self) -> None:
+        _check_choice("evaluation mode", self.mode, ("final", "any"))
 
     @property
     def name(self) -> str:
         n = "-nall" if self.max_examples is None else f"-sample{self.max_examples}"
-        return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}{n}"
+        mode = "" if self.mode == "final" else f"-{self.mode}"
+        return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}{n}{mode}"
 
 
 def _check_choice(what: str, value, allowed, *, shown=None, extra: tuple = ()) -> None:

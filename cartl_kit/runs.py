@@ -299,7 +299,7 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
     test = make_loader(test, batch_size=256, device=device)
     attack = evaluation.attack
     result = robust_accuracy(finished.model.to(device).eval(), test, eps=attack.eps, step_size=attack.step_size,
-                             steps=attack.steps, random_start=attack.random_start, device=device,
+                             steps=attack.steps, random_start=attack.random_start, device=device, mode=evaluation.mode,
                              generator=torch.Generator(device=device).manual_seed(0), progress=progress)
     finished.model.cpu()
     if save is None:

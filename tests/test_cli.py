@@ -84,3 +84,16 @@ def test_an_fdm_teacher_takes_the_students_k_unless_told():
     assert (config.k, config.teacher.k) == (3, 5)
     _, config = _transfer_config(parser().parse_args(["transfer", "--teacher", "fdm"]))
     assert config.k == config.teacher.k == 4  # the quick preset's k
+
+
+def test_evaluate_any_iterate_is_its_own_evaluation_and_never_higher(cli):
+    from pathlib import Path
+    teacher = next((Path(__file__).resolve().parent.parent / "data" / "runs").glob("at-wrn16_1-*"))
+    common = (str(teacher), "-n", "60", "--steps", "5", "--eps", "0.4", "--json")
+    final, fast = (json.loads(cli("evaluate", *common, *extra).stdout) for extra in ((), ("--any-iterate",)))
+    assert final["attack"] == "pgd_linf" and fast["attack"] == "pgd_linf_any" and final["n"] == fast["n"] == 60
+    assert fast["clean_acc"] == final["clean_acc"] and fast["robust_acc"] <= final["robust_acc"]
+    from cartl_kit.config import AttackConfig, EvalConfig
+    assert EvalConfig(attack=AttackConfig(eps=0.4, step_size=0.1, steps=5), mode="any").name.endswith("-any")
+    with pytest.raises(ValueError, match="evaluation mode"):
+        EvalConfig(mode="best")

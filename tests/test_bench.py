@@ -1,0 +1,29 @@
+"""The benchmarks run end to end (tiny settings) and write their JSON. No timing is asserted here:
+speed is measured by running bench/ itself, side by side, on an otherwise idle machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize("script, args, rows", [
+    ("at_step.py", ["--archs", "wrn16_1", "--batch", "4", "--repeats", "1"], 1),
+    ("eval_pgd.py", ["--n", "32", "--steps", "2", "--repeats", "1"], 3),
+    ("transfer_epoch.py", ["--ks", "2", "--repeats", "1"], 1),
+])
+def test_benchmark_runs_and_writes_its_table(tmp_path, script, args, rows):
+    env = {**os.environ, "CARTL_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = json.loads((tmp_path / script.replace(".py", ".json")).read_text())
+    assert len(written["rows"]) == rows and written["machine"]["cores"] and written["command"].endswith(" ".join(args))
+    assert "|" in done.stdout  # the Markdown table
