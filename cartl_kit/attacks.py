@@ -32,6 +32,14 @@ def _sum_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+def _start(x: torch.Tensor, *, eps: float, random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """PGD's starting point: x plus uniform noise in [-eps, eps], clipped to [0, 1]; or a copy of x."""
+    if not random_start:
+        return x.clone()
+    noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+    return (x + (2 * noise.to(x.device, x.dtype) - 1) * eps).clamp(0.0, 1.0)
+
+
 def pgd_linf(
     model: nn.Module,
     x: torch.Tensor,
@@ -73,11 +81,7 @@ def pgd_linf(
     check_attack_args(eps=eps, step_size=step_size, steps=steps)
     loss_fn = loss_fn or _sum_cross_entropy
     x = x.detach()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x_adv = (x + (2 * noise.to(x.device, x.dtype) - 1) * eps).clamp(0.0, 1.0)
-    else:
-        x_adv = x.clone()
+    x_adv = _start(x, eps=eps, random_start=random_start, generator=generator)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv), y)
@@ -129,11 +133,7 @@ def pgd_linf_any(
         raise ValueError("pgd_linf_any needs the model in eval mode (model.eval()): with batch statistics, "
                          "retiring examples would change the others' outputs")
     x = x.detach()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        start = (x + (2 * noise.to(x.device, x.dtype) - 1) * eps).clamp(0.0, 1.0)
-    else:
-        start = x.clone()
+    start = _start(x, eps=eps, random_start=random_start, generator=generator)
     result = start.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     if active is not None:
