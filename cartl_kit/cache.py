@@ -69,11 +69,11 @@ def extract(model: WideResNet, loader: BatchLoader, *, k: int, batch_size: int |
 
     ``batch_size`` defaults to the loader's (on a 2-core CPU, batches of 512 ran at half the speed of 64).
     """
+    blocker = feature_cache_blocker(model, k=k, loader=loader)
+    if blocker is not None:
+        raise ValueError(f"the extractor's features cannot be cached: {blocker}")
     batch_size = batch_size or loader.batch_size
     start = check_k(model, k) - k
-    frozen = [m for module in extractor_modules(model, k=k) for m in module.modules()]
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in frozen):
-        raise ValueError("the extractor has BatchNorm layers with changing statistics; its features cannot be cached")
     images = loader._images
     parts = []
     for i in range(0, len(images), batch_size):
@@ -90,8 +90,6 @@ class CachedFeatures:
     """
 
     def __init__(self, loader: BatchLoader, features: torch.Tensor) -> None:
-        if loader.augmentation is not None:
-            raise ValueError("cached features need a loader without augmentation")
         if len(features) != len(loader.data):
             raise ValueError(f"{len(features)} features for {len(loader.data)} images")
         self.loader, self.features, self.labels = loader, features, loader._labels.to(features.device)
@@ -106,16 +104,10 @@ class CachedFeatures:
         self.loader.load_state_dict(state)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader, n = self.loader, len(self.features)
-        order = torch.randperm(n, generator=loader._order_generator) if loader.shuffle else None  # as BatchLoader
-        if order is not None:
-            order = order.to(self.features.device)
-        for start in range(0, n, loader.batch_size):
-            if order is None:
-                yield self.features[start:start + loader.batch_size], self.labels[start:start + loader.batch_size]
-            else:
-                index = order[start:start + loader.batch_size]
-                yield self.features[index], self.labels[index]
+        for index in self.loader.batch_indices():
+            if isinstance(index, torch.Tensor):
+                index = index.to(self.features.device)
+            yield self.features[index], self.labels[index]
 
 
 __all__ = ["CachedFeatures", "FromSplit", "extract", "feature_cache_blocker"]

@@ -1036,18 +1036,21 @@ class BatchLoader:
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"augment={self.augmentation is not None}, device={self.device})")
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def batch_indices(self) -> Iterator[Tensor | slice]:
+        """The positions of each batch of the next pass (a shuffle is drawn per pass, when shuffling).
+
+        ``cache.CachedFeatures`` replays these, so cached features come in exactly the loader's order.
+        """
         n = len(self.data)
         order = torch.randperm(n, generator=self._order_generator) if self.shuffle else None
         if order is not None and self.preload:
             order = order.to(self.device)
         for start in range(0, n, self.batch_size):
-            if order is None:
-                x = self._images[start:start + self.batch_size]
-                y = self._labels[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                x, y = self._images[index], self._labels[index]
+            yield slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in self.batch_indices():
+            x, y = self._images[index], self._labels[index]
             if x.device.type == "cpu" and self.device.type != "cpu":  # not preloaded: copy this batch over
                 if self.device.type == "cuda" and not x.is_pinned():
                     x, y = x.pin_memory(), y.pin_memory()

@@ -139,7 +139,7 @@ def robust_accuracy(
     if mode not in ("final", "any"):
         raise ValueError(f"mode must be 'final' (the paper's final-iterate PGD) or 'any' (the fast any-iterate path), got {mode!r}")
     device = torch.device(device) if device is not None else default_device()
-    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     clean = robust = seen = 0
     total = len(loader) if hasattr(loader, "__len__") else None
     for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", disable=not progress, leave=False)):

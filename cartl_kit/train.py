@@ -233,7 +233,7 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     device = torch.device(device) if device is not None else default_device()
-    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")

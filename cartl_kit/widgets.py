@@ -32,25 +32,22 @@ def headless() -> bool:
     forced = os.environ.get(HEADLESS_ENV)
     if forced in ("0", "1"):
         return forced == "1"
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return True
-    shell = get_ipython()
-    interactive_kernel = shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-    return not (interactive_kernel and "JPY_SESSION_NAME" in os.environ)
+    return not (_in_kernel() and "JPY_SESSION_NAME" in os.environ)
 
 
 def watched() -> bool:
     """Whether progress bars are worth drawing: in a terminal or an open notebook, not in a kernel that
     nobody watches (papermill, nbval), where each bar update is only another message to store."""
+    return not (_in_kernel() and headless())
+
+
+def _in_kernel() -> bool:
+    """Running inside a Jupyter kernel (IPython's ZMQ shell)."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return True
-    shell = get_ipython()
-    in_kernel = shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-    return not (in_kernel and headless())
+        return False
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
 def _show(obj) -> None:
