@@ -8,12 +8,13 @@ Importing the kit changes nothing (no seeding, no device work). The engine's pub
 - NEFT: ``apply_neft``, ``remove_neft``, ``neft_report``
 - transfer: ``make_student``, ``BN_CASES``, ``trainable_summary``
 - training: ``fit``, ``natural_step``, ``adversarial_step``, ``fdm_step``, ``lwf_step``, ``lr_at``
-- evaluation: ``accuracy``, ``robust_accuracy``, ``EvalResult``, ``check_model``
+- evaluation: ``accuracy``, ``robust_accuracy``, ``EvalResult``, ``check_model``, ``compare_precision``
+- speed switches (bf16 autocast, cuDNN autotuner): ``cartl_kit.speed``
 - utilities: ``seed_everything``, ``default_device``
 """
 
 from .attacks import fgsm, pgd_linf, pgd_linf_any
-from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, robust_accuracy
+from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, compare_precision, robust_accuracy
 from .losses import fdm_loss, lwf_loss
 from .models import ARCHITECTURES, WideResNet, blocks, create_model, set_half_residual
 from .neft import apply_neft, conv_operator_norm, neft_report, remove_neft
@@ -23,7 +24,7 @@ from .transfer import BN_CASES, FrozenBatchNorm2d, get_bn_case, make_student, tr
 
 __all__ = [
     "ARCHITECTURES", "BN_CASES", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
-    "accuracy", "adversarial_step", "apply_neft", "blocks", "check_model", "conv_operator_norm",
+    "accuracy", "adversarial_step", "apply_neft", "blocks", "check_model", "compare_precision", "conv_operator_norm",
     "create_model", "default_device", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
     "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "pgd_linf_any", "remove_neft",
     "robust_accuracy", "seed_everything", "set_half_residual", "trainable_summary",

@@ -28,8 +28,9 @@ def check_attack_args(*, eps: float, step_size: float, steps: int) -> None:
 
 
 def _sum_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # A sum, not a mean: per-sample gradients then do not shrink with the batch size.
-    return F.cross_entropy(logits, y, reduction="sum")
+    # A sum, not a mean: per-sample gradients then do not shrink with the batch size. In float32, also
+    # under bf16 autocast.
+    return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
 def _start(x: torch.Tensor, *, eps: float, random_start: bool, generator: torch.Generator | None) -> torch.Tensor:

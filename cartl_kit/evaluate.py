@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import check_attack_args, pgd_linf, pgd_linf_any
+from .speed import autocast, check_precision, configure_cuda
 from .train import default_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -109,6 +110,7 @@ def robust_accuracy(
     progress: bool = True,
     mode: str = "final",
     channels_last: bool = False,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Clean and PGD robust accuracy over a loader (the paper's metric with the default settings).
 
@@ -128,6 +130,8 @@ def robust_accuracy(
             start, "any" is never higher than "final".
         channels_last: run the model in the channels-last memory format (faster convolutions on many
             CPUs and GPUs; same numbers up to floating-point rounding).
+        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward passes (attack loss in
+            float32; for GPUs). bf16 numbers are not the fp32 ones: check with ``compare_precision``.
 
     Returns:
         An ``EvalResult`` with fractions ``clean_acc`` and ``robust_acc``.
@@ -138,7 +142,9 @@ def robust_accuracy(
     check_attack_args(eps=eps, step_size=step_size, steps=steps)
     if mode not in ("final", "any"):
         raise ValueError(f"mode must be 'final' (the paper's final-iterate PGD) or 'any' (the fast any-iterate path), got {mode!r}")
+    check_precision(precision)
     device = torch.device(device) if device is not None else default_device()
+    configure_cuda(device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     clean = robust = seen = 0
     total = len(loader) if hasattr(loader, "__len__") else None
@@ -150,20 +156,11 @@ def robust_accuracy(
             x, y = x[: max_examples - seen], y[: max_examples - seen]
         if index == 0:
             check_model(model, x, y)
-        with torch.no_grad():
-            correct = model(x).argmax(1) == y
-        clean += correct.sum().item()
-        if steps > 0 and mode == "any":
-            _, broken = pgd_linf_any(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                     random_start=random_start, generator=generator, active=correct)
-            robust += (~broken).sum().item()
-        elif steps > 0:
-            x_adv = pgd_linf(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                             random_start=random_start, generator=generator)
-            with torch.no_grad():
-                robust += (model(x_adv).argmax(1) == y).sum().item()
-        else:
-            robust += correct.sum().item()
+        with autocast(device, precision):
+            clean_batch, robust_batch = _attack_batch(model, x, y, eps=eps, step_size=step_size, steps=steps,
+                                                      random_start=random_start, generator=generator, mode=mode)
+        clean += clean_batch
+        robust += robust_batch
         seen += len(y)
         if max_examples is not None and seen >= max_examples:
             break
@@ -172,3 +169,52 @@ def robust_accuracy(
     attack = ("pgd_linf" if mode == "final" else "pgd_linf_any") if steps else "none"
     return EvalResult(clean_acc=clean / seen, robust_acc=robust / seen, n=seen, attack=attack,
                       eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+
+
+def _attack_batch(model, x, y, *, eps, step_size, steps, random_start, generator, mode) -> tuple[int, int]:
+    """Clean-correct and robust counts of one batch."""
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    if steps > 0 and mode == "any":
+        _, broken = pgd_linf_any(model, x, y, eps=eps, step_size=step_size, steps=steps,
+                                 random_start=random_start, generator=generator, active=correct)
+        return correct.sum().item(), (~broken).sum().item()
+    if steps > 0:
+        x_adv = pgd_linf(model, x, y, eps=eps, step_size=step_size, steps=steps,
+                         random_start=random_start, generator=generator)
+        with torch.no_grad():
+            return correct.sum().item(), (model(x_adv).argmax(1) == y).sum().item()
+    return correct.sum().item(), correct.sum().item()
+
+
+def compare_precision(model: nn.Module, loader: Batches, *, max_examples: int = 500, seed: int = 0,
+                      tolerance: float = 0.01, device: torch.device | str | None = None, **attack) -> dict:
+    """Robust accuracy in fp32 and in bf16 on the same examples and random starts: may bf16 stand in?
+
+    Args:
+        model, loader, device: as in ``robust_accuracy`` (model in eval mode).
+        max_examples: how many examples to compare on (the loader's first; pass a ``sample`` for a
+            representative subset).
+        seed: seed of the random starts, the same for both precisions.
+        tolerance: the largest difference (fraction) of clean and robust accuracy still called agreement.
+        **attack: ``eps``, ``step_size``, ``steps``, ``random_start``, ``mode`` of ``robust_accuracy``.
+
+    Returns:
+        ``{"fp32": EvalResult, "bf16": EvalResult, "clean_diff": float, "robust_diff": float,
+        "agree": bool}`` with the differences as bf16 minus fp32.
+
+    Example:
+        >>> compare_precision(model.eval(), test_loader, eps=8/255, step_size=2/255, steps=20)["agree"]
+    """
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance is a fraction in [0, 1), e.g. 0.01 for one point, got {tolerance}")
+    device = torch.device(device) if device is not None else default_device()
+    results = {}
+    for precision in ("fp32", "bf16"):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        results[precision] = robust_accuracy(model, loader, max_examples=max_examples, generator=generator,
+                                             device=device, progress=False, precision=precision, **attack)
+    clean_diff = results["bf16"].clean_acc - results["fp32"].clean_acc
+    robust_diff = results["bf16"].robust_acc - results["fp32"].robust_acc
+    return {**results, "clean_diff": clean_diff, "robust_diff": robust_diff,
+            "agree": abs(clean_diff) <= tolerance and abs(robust_diff) <= tolerance}

@@ -56,7 +56,7 @@ def fdm_loss(
         )
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' (the reference) or 'mean', got {reduction!r}")
-    diff = (features_adv - features_clean).flatten(1)  # (B, d)
+    diff = (features_adv.float() - features_clean.float()).flatten(1)  # (B, d), float32 under bf16 autocast
     distances = torch.linalg.vector_norm(diff, ord=2, dim=1)  # (B,)
     total = distances.sum() if reduction == "sum" else distances.mean()
     return lam / math.sqrt(diff.shape[1]) * total
@@ -87,5 +87,5 @@ def lwf_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, *, 
         raise ValueError(
             f"student and teacher features differ in shape: {tuple(student_features.shape)} vs {tuple(teacher_features.shape)}"
         )
-    diff = (teacher_features.detach() - student_features).flatten(1)  # (B, C)
+    diff = (teacher_features.detach().float() - student_features.float()).flatten(1)  # (B, C)
     return lam * diff.abs().sum(dim=1).mean()

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .attacks import check_attack_args, pgd_linf
 from .losses import check_lambda, fdm_loss, lwf_loss
 from .models import WideResNet, check_k
+from .speed import autocast, check_precision, configure_cuda
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -85,7 +86,7 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 def natural_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Cross-entropy on clean images."""
     logits = model(x)
-    loss = F.cross_entropy(logits, y)
+    loss = F.cross_entropy(logits.float(), y)
     return loss, {"loss": loss.item(), "train_acc": _accuracy(logits, y)}
 
 
@@ -110,7 +111,7 @@ def adversarial_step(*, eps: float = 8 / 255, step_size: float = 2 / 255, steps:
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         x_adv = _craft_in_eval_mode(model, x, y, **attack)
         logits = model(x_adv)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss": loss.item(), "train_adv_acc": _accuracy(logits, y)}
 
     return step
@@ -147,7 +148,7 @@ def fdm_step(
         features_adv = model.forward_features(x_adv, upto=split)
         logits = model.forward_from(features_adv, start=split)
         features_clean = model.forward_features(x, upto=split)
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits.float(), y)
         fdm = fdm_loss(features_clean, features_adv, lam=lam, reduction=reduction)
         loss = ce + fdm
         return loss, {"loss": loss.item(), "ce": ce.item(), "fdm": fdm.item(), "train_adv_acc": _accuracy(logits, y)}
@@ -175,7 +176,7 @@ def lwf_step(teacher: WideResNet, *, lam: float) -> StepFn:
             teacher_features = teacher.forward_features(x, upto=upto)
         features = model.forward_features(x, upto=upto)
         logits = model.forward_from(features, start=upto)
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits.float(), y)
         distill = lwf_loss(features, teacher_features, lam=lam)
         loss = ce + distill
         return loss, {"loss": loss.item(), "ce": ce.item(), "lwf": distill.item(), "train_acc": _accuracy(logits, y)}
@@ -201,6 +202,9 @@ def fit(
     start_epoch: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     channels_last: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
+    cudnn_benchmark: bool | None = None,
 ) -> list[dict]:
     """Train ``model`` with ``step`` for ``epochs`` epochs of SGD on the reference's schedule.
 
@@ -222,6 +226,12 @@ def fit(
         optimizer: an SGD optimiser to continue with (e.g. restored for a resume); default a new one.
         channels_last: train in the channels-last memory format (the model is converted in place; faster
             convolutions on many CPUs and GPUs, the same results up to floating-point rounding).
+        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast around each step's forward passes and
+            attacks (losses in float32; for GPUs, see ``cartl_kit.speed``).
+        compile: ``torch.compile`` the model's forward (in place, ``model.compile()``); the first steps
+            pay the compilation. Steps that call ``forward_features``/``forward_from`` (FDM, LwF) run
+            those parts uncompiled.
+        cudnn_benchmark: on CUDA, cuDNN's autotuner; default on unless deterministic algorithms are set.
 
     Returns:
         One record per epoch: ``epoch``, ``lr``, ``seconds`` and the batch-mean of every metric the
@@ -232,8 +242,12 @@ def fit(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    check_precision(precision)
     device = torch.device(device) if device is not None else default_device()
+    configure_cuda(device, cudnn_benchmark=cudnn_benchmark)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if compile:
+        model.compile()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")
@@ -254,7 +268,8 @@ def fit(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, metrics = step(model, x, y)
+            with autocast(device, precision):
+                loss, metrics = step(model, x, y)
             if not math.isfinite(metrics.get("loss", loss.item())):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
