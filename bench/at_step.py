@@ -1,6 +1,6 @@
 """Benchmark 1: adversarial-training step throughput, the kit against the reference's approach.
 
-    python bench/at_step.py [--archs wrn16_1 wrn16_4] [--batch 128] [--repeats 5]
+    python bench/at_step.py [--archs wrn16_1 wrn16_4] [--batch 128] [--repeats 5] [--bf16] [--compile]
 
 One step = craft PGD-7 examples (eps 8/255, step 2/255, random start) in eval mode, then one SGD update
 on them in train mode: the reference's `ADVTrainer` step at batch 128 on CIFAR-sized inputs (3x32x32).
@@ -9,9 +9,15 @@ on them in train mode: the reference's `ADVTrainer` step at batch 128 on CIFAR-s
   NCHW, every parameter set to requires_grad=False while attacking (and back afterwards), a PGD loop
   that calls `loss.backward()` and reads `x.grad`, mean cross-entropy.
 - kit: `cartl_kit.fit` for one batch with `cartl_kit.adversarial_step`, with the fastest correct settings
-  for the device: channels-last memory format (`fit(..., channels_last=True)`).
+  for the device: channels-last memory format (`fit(..., channels_last=True)`). On a GPU, also
+  `kit-bf16`: the same plus bf16 autocast (`precision="bf16"`) and cuDNN's autotuner (fit's default on
+  CUDA); `--bf16` times it on a CPU too. With `--compile`, also `kit-bf16-compiled` (`compile=True`).
 
-Both run on the same model weights and the same batch, alternated (A B A B ...) after a warm-up.
+All run on the same model weights and the same batch, alternated (A B A B ...) after a warm-up.
+FLOPs per step are analytic: F = the forward FLOPs of the convolutions and the head at this batch
+(`common.forward_flops`); a PGD iteration costs a forward and an input-gradient backward (2F), the
+update a forward and a full backward (3F), so a PGD-7 step is 17F. The table gives the achieved
+TFLOP/s and, on a GPU with a known data-sheet bf16 peak, the model FLOPs utilisation (MFU) against it.
 Prints a table and writes bench/results/at_step.json.
 """
 
@@ -56,37 +62,52 @@ def reference_step(model, optimizer, x, y):
     return loss.item()
 
 
-def kit_step_fn(model, optimizer, step, x, y):
+def kit_step_fn(model, optimizer, step, x, y, **settings):
     """One SGD step through ``cartl_kit.fit`` itself (one batch, one epoch, constant rate, channels-last)."""
     return ck.fit(model, [(x, y)], step, epochs=1, base_lr=0.01, warmup_epochs=0, milestones=(), device=x.device,
-                  progress=False, optimizer=optimizer, channels_last=True)
+                  progress=False, optimizer=optimizer, channels_last=True, **settings)
 
 
-def bench_arch(arch: str, batch: int, repeats: int, device: torch.device) -> dict:
+def _copy(arch: str, base, device: torch.device, **memory):
+    model = ck.create_model(arch, num_classes=10).to(device, **memory)
+    model.load_state_dict(base.state_dict())
+    return model.train(), torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def bench_arch(arch: str, batch: int, repeats: int, device: torch.device, bf16: bool = False,
+               compile_: bool = False) -> list[dict]:
     torch.manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     base = ck.create_model(arch, num_classes=10).to(device)
-
-    ref_model = ck.create_model(arch, num_classes=10).to(device)
-    ref_model.load_state_dict(base.state_dict())
-    ref_model.train()
-    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    kit_model = ck.create_model(arch, num_classes=10).to(device, memory_format=torch.channels_last)
-    kit_model.load_state_dict(base.state_dict())
-    kit_model.train()
-    kit_opt = torch.optim.SGD(kit_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    flops = 17 * common.forward_flops(base, lambda: base.eval()(x))
     step = ck.adversarial_step(eps=EPS, step_size=STEP, steps=STEPS)
 
-    times = common.interleaved({
-        "reference": lambda: reference_step(ref_model, ref_opt, x, y),
-        "kit": lambda: kit_step_fn(kit_model, kit_opt, step, x, y),
-    }, repeats=repeats, warmup=1, device=device)
-    ref_s, kit_s = common.median(times["reference"]), common.median(times["kit"])
-    return {"arch": arch, "batch": batch, "repeats": repeats, "reference_s": round(ref_s, 4), "kit_s": round(kit_s, 4),
-            "reference_img_per_s": round(batch / ref_s, 1), "kit_img_per_s": round(batch / kit_s, 1),
-            "speedup": round(ref_s / kit_s, 2), "kit_settings": "channels_last", "times": times}
+    ref_model, ref_opt = _copy(arch, base, device)
+    candidates = {"reference": (lambda: reference_step(ref_model, ref_opt, x, y), "fp32, NCHW")}
+    kit_settings = {"kit": ({}, "fp32, channels-last")}
+    if bf16:
+        kit_settings["kit-bf16"] = ({"precision": "bf16"}, "bf16 autocast, channels-last, cudnn.benchmark")
+    if bf16 and compile_:
+        kit_settings["kit-bf16-compiled"] = ({"precision": "bf16", "compile": True},
+                                                 "bf16, channels-last, cudnn.benchmark, torch.compile")
+    for name, (settings, _) in kit_settings.items():
+        model, opt = _copy(arch, base, device, memory_format=torch.channels_last)
+        candidates[name] = (lambda m=model, o=opt, s=settings: kit_step_fn(m, o, step, x, y, **s), None)
+    times = common.interleaved({name: fn for name, (fn, _) in candidates.items()},
+                               repeats=repeats, warmup=2 if compile_ else 1, device=device)
+    peak = common.peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    ref_s = common.median(times["reference"])
+    rows = []
+    for name in candidates:
+        seconds = common.median(times[name])
+        settings = candidates[name][1] or kit_settings[name][1]
+        rows.append({"arch": arch, "batch": batch, "candidate": name, "settings": settings, "seconds": round(seconds, 4),
+                     "img_per_s": round(batch / seconds, 1), "speedup": round(ref_s / seconds, 2),
+                     "tflop_per_s": round(flops / seconds / 1e12, 3),
+                     "mfu_bf16_%": round(100 * flops / seconds / peak, 1) if peak else "n/a",
+                     "flops_per_step": flops, "times": times[name]})
+    return rows
 
 
 def main() -> None:
@@ -95,20 +116,25 @@ def main() -> None:
                         help="default: wrn16_1 wrn16_4 on a CPU; also wrn28_4 wrn34_10 on a GPU")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the kit with bf16 autocast (default: on a GPU only)")
+    parser.add_argument("--compile", action="store_true", help="with bf16, also time the kit with torch.compile")
     args = parser.parse_args()
     device = ck.default_device()
     archs = args.archs or (["wrn16_1", "wrn16_4"] + (["wrn28_4", "wrn34_10"] if device.type == "cuda" else []))
     rows = []
     for arch in archs:
-        row = bench_arch(arch, args.batch, args.repeats, device)
-        rows.append(row)
-        print(f"{arch}: reference {row['reference_img_per_s']} img/s, kit {row['kit_img_per_s']} img/s, "
-              f"×{row['speedup']}", flush=True)
+        arch_rows = bench_arch(arch, args.batch, args.repeats, device, compile_=args.compile,
+                               bf16=device.type == "cuda" if args.bf16 is None else args.bf16)
+        rows.extend(arch_rows)
+        print(f"{arch}: " + ", ".join(f"{r['candidate']} {r['img_per_s']} img/s (×{r['speedup']}, MFU {r['mfu_bf16_%']})"
+                                      for r in arch_rows), flush=True)
     info = common.machine()
     path = common.write("at_step", {"benchmark": "adversarial-training step (PGD-7, batch %d)" % args.batch,
                                      "command": "python " + " ".join(sys.argv), "machine": info, "rows": rows})
     print()
-    print(common.table(rows, ["arch", "batch", "reference_img_per_s", "kit_img_per_s", "speedup", "kit_settings"]))
+    print(common.table(rows, ["arch", "batch", "candidate", "settings", "img_per_s", "speedup", "tflop_per_s",
+                              "mfu_bf16_%"]))
     print(f"\n{info['date']}, {info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; wrote {path}")
 
 

@@ -82,3 +82,43 @@ def table(rows: list[dict], columns: list[str]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def forward_flops(module: torch.nn.Module, run: Callable[[], object]) -> int:
+    """Analytic FLOPs (2 per multiply-add) of the convolutions and linear layers ``run()`` calls in ``module``.
+
+    Counted from each layer's output shape with forward hooks; BatchNorm, activations and additions
+    (a few per cent) are left out, as is usual for model FLOPs utilisation.
+    """
+    total = 0
+
+    def count(layer, args, out):
+        nonlocal total
+        if isinstance(layer, torch.nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += 2 * out.numel() * (layer.in_channels // layer.groups) * kh * kw
+        elif isinstance(layer, torch.nn.Linear):
+            total += 2 * out.numel() * layer.in_features
+
+    handles = [m.register_forward_hook(count) for m in module.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by device name.
+PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
+             "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_bf16(device_name: str) -> float | None:
+    """The data-sheet bf16 peak of a GPU named ``device_name``, or None if unknown."""
+    for key, value in PEAK_BF16.items():
+        if key in device_name:
+            return value
+    return None

@@ -10,6 +10,12 @@ freeze-reuse, no augmentation: the case where `cartl_kit.cache` applies).
 - cached: `fit` for one epoch on `CachedFeatures` through `FromSplit`: only blocks L-k+1..L run.
   Computing the features (`extract`, once per run) is timed apart, and the table also gives the
   whole run of the preset's epochs, extraction included.
+- cached-cl: the same in the channels-last memory format (features stored channels-last once), the
+  kit's fastest setting: `run(..., channels_last=True)`.
+
+What caching can buy at most is set by FLOPs: a step of the plain path runs the extractor forward
+(E FLOPs) and the tuned blocks forward and backward (about 3T, T their forward FLOPs); the cached path
+runs only the 3T. `flop_bound` = (E + 3T) / 3T, with E and T counted by `common.forward_flops`.
 
 Both candidates train their own copy of the same student and alternate (A B A B ...) after a warm-up
 epoch. Prints a table and writes bench/results/transfer_epoch.json.
@@ -30,7 +36,7 @@ import common  # noqa: E402
 import cartl_kit as ck  # noqa: E402
 from cartl_kit.cache import CachedFeatures, FromSplit, extract  # noqa: E402
 from cartl_kit.config import get_preset  # noqa: E402
-from cartl_kit.data import load_dataset, make_loader  # noqa: E402
+from cartl_kit.data import as_float, load_dataset, make_loader  # noqa: E402
 from cartl_kit.runs import run  # noqa: E402
 
 
@@ -46,17 +52,19 @@ def main() -> None:
     optim = preset.transfer_optim
     epochs = optim.epochs
 
-    def one_epoch(model, batches):
+    def one_epoch(model, batches, channels_last=False):
         return lambda: ck.fit(model, batches, ck.natural_step, epochs=1, base_lr=optim.base_lr, warmup_epochs=0,
-                              milestones=(), device=device, progress=False)
+                              milestones=(), device=device, progress=False, channels_last=channels_last)
 
     rows = []
     for k in args.ks:
         students = [ck.make_student(teacher, k=k, num_classes=data.num_classes, bn_case="vanilla").to(device)
-                    for _ in range(2)]
-        students[1].load_state_dict(students[0].state_dict())
+                    for _ in range(3)]
+        for student in students[1:]:
+            student.load_state_dict(students[0].state_dict())
         plain_loader = make_loader(data, batch_size=optim.batch_size, device=device, seed=0)
         cached_loader = make_loader(data, batch_size=optim.batch_size, device=device, seed=0)
+        cl_loader = make_loader(data, batch_size=optim.batch_size, device=device, seed=0)
         extract_times = []
         for _ in range(3):
             start = time.perf_counter()
@@ -64,16 +72,27 @@ def main() -> None:
             common.sync(device)
             extract_times.append(time.perf_counter() - start)
         cached = CachedFeatures(cached_loader, features)
+        cached_cl = CachedFeatures(cl_loader, features.contiguous(memory_format=torch.channels_last))
         times = common.interleaved({"plain": one_epoch(students[0], plain_loader),
-                                    "cached": one_epoch(FromSplit(students[1], k=k), cached)},
+                                    "cached": one_epoch(FromSplit(students[1], k=k), cached),
+                                    "cached-cl": one_epoch(FromSplit(students[2], k=k), cached_cl, channels_last=True)},
                                    repeats=args.repeats, warmup=1, device=device)
-        plain_s, cached_s, extract_s = (common.median(times["plain"]), common.median(times["cached"]),
-                                        common.median(extract_times))
+        plain_s, cached_s, cl_s, extract_s = (common.median(times["plain"]), common.median(times["cached"]),
+                                              common.median(times["cached-cl"]), common.median(extract_times))
+        x = as_float(cached_loader._images[:optim.batch_size].to(device))
+        start = teacher.num_blocks - k
+        extractor_flops = common.forward_flops(students[0], lambda: students[0].forward_features(x, upto=start))
+        f = students[0].forward_features(x, upto=start)
+        tuned_flops = common.forward_flops(students[0], lambda: students[0].forward_from(f, start=start))
         rows.append({"k": k, "plain_epoch_s": round(plain_s, 3), "cached_epoch_s": round(cached_s, 3),
-                     "epoch_speedup": round(plain_s / cached_s, 2), "extract_s": round(extract_s, 3),
-                     f"run_{epochs}_epochs_speedup": round(epochs * plain_s / (extract_s + epochs * cached_s), 2),
+                     "epoch_speedup": round(plain_s / cached_s, 2), "cached_cl_epoch_s": round(cl_s, 3),
+                     "cl_epoch_speedup": round(plain_s / cl_s, 2),
+                     "flop_bound": round((extractor_flops + 3 * tuned_flops) / (3 * tuned_flops), 2),
+                     "extract_s": round(extract_s, 3),
+                     f"run_{epochs}_epochs_speedup": round(epochs * plain_s / (extract_s + epochs * cl_s), 2),
                      "times": times})
         print(f"k={k}: plain {plain_s:.3f} s/epoch, cached {cached_s:.3f} s/epoch (×{plain_s / cached_s:.2f}), "
+              f"cached channels-last {cl_s:.3f} (×{plain_s / cl_s:.2f}), FLOP bound ×{rows[-1]['flop_bound']}, "
               f"extraction {extract_s:.3f} s", flush=True)
     info = common.machine()
     path = common.write("transfer_epoch", {
@@ -81,8 +100,8 @@ def main() -> None:
                      f"({len(data)} images), batch {optim.batch_size}",
         "command": "python " + " ".join(sys.argv), "machine": info, "rows": rows})
     print()
-    print(common.table(rows, ["k", "plain_epoch_s", "cached_epoch_s", "epoch_speedup", "extract_s",
-                              f"run_{epochs}_epochs_speedup"]))
+    print(common.table(rows, ["k", "plain_epoch_s", "cached_epoch_s", "epoch_speedup", "cached_cl_epoch_s",
+                              "cl_epoch_speedup", "flop_bound", "extract_s", f"run_{epochs}_epochs_speedup"]))
     print(f"\n{info['date']}, {info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}; wrote {path}")
 
 

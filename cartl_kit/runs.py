@@ -214,7 +214,10 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
     trained, batches = model, loader
     if start <= optim.epochs and cache_features and isinstance(config, TransferConfig):
         if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method == "lwf") is None:
-            trained, batches = FromSplit(model, k=config.k), CachedFeatures(loader, extract(model, loader, k=config.k))
+            features = extract(model, loader, k=config.k)
+            if channels_last:  # batches indexed from it stay channels-last: no per-batch conversion
+                features = features.contiguous(memory_format=torch.channels_last)
+            trained, batches = FromSplit(model, k=config.k), CachedFeatures(loader, features)
     if start <= optim.epochs:
         fit(trained, batches, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
             momentum=optim.momentum, weight_decay=optim.weight_decay, warmup_epochs=optim.warmup_epochs,

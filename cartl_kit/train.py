@@ -246,8 +246,8 @@ def fit(
     device = torch.device(device) if device is not None else default_device()
     configure_cuda(device, cudnn_benchmark=cudnn_benchmark)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if compile:
-        model.compile()
+    if compile and getattr(model, "_compiled_call_impl", None) is None:
+        model.compile()  # once: a second fit on the same model keeps its compiled forward
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")
