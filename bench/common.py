@@ -84,31 +84,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
-def forward_flops(module: torch.nn.Module, run: Callable[[], object]) -> int:
-    """Analytic FLOPs (2 per multiply-add) of the convolutions and linear layers ``run()`` calls in ``module``.
-
-    Counted from each layer's output shape with forward hooks; BatchNorm, activations and additions
-    (a few per cent) are left out, as is usual for model FLOPs utilisation.
-    """
-    total = 0
-
-    def count(layer, args, out):
-        nonlocal total
-        if isinstance(layer, torch.nn.Conv2d):
-            kh, kw = layer.kernel_size
-            total += 2 * out.numel() * (layer.in_channels // layer.groups) * kh * kw
-        elif isinstance(layer, torch.nn.Linear):
-            total += 2 * out.numel() * layer.in_features
-
-    handles = [m.register_forward_hook(count) for m in module.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+from cartl_kit.models import forward_flops  # noqa: E402,F401  (the benchmarks' FLOP counter)
 
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by device name.

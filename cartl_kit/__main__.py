@@ -147,11 +147,39 @@ def cmd_demo(args) -> None:
 def cmd_sweep(args) -> None:
     from .experiments import sweep
     table = sweep(args.preset, root=args.runs_dir, device=args.device, ks=args.k, methods=args.method,
-                  betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed)
+                  betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed,
+                  source=args.source, target=args.target, arch=args.arch)
     if args.json:
         print(json.dumps(_records(table), indent=2))
     else:
         print(_percent_table(table, ["method", "teacher", "k", "lam", "beta", "bn_case", "clean_acc", "robust_acc"]))
+
+
+def cmd_reproduce(args) -> None:
+    from dataclasses import replace
+    from .experiments import FROM_SCRATCH_DIR
+    from .reproduce import get_plan, recipes_markdown, reproduce
+    from .runs import runs_root
+    if args.recipes:
+        print(recipes_markdown())
+        return
+    plan = get_plan(args.preset)
+    if args.seeds is not None:
+        plan = replace(plan, seeds=tuple(args.seeds))
+    root = runs_root(args.runs_dir) / FROM_SCRATCH_DIR if args.from_scratch else args.runs_dir
+    command = "python -m cartl_kit " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    result = reproduce(plan, root=root, device=args.device, shipped=not args.from_scratch, report=args.report,
+                       command=command)
+    if args.json:
+        print(json.dumps({"claims": [c.__dict__ for c in result.claims], "summary": _records(result.summary),
+                          "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1),
+                          "trained": result.trained, "loaded": result.loaded}, indent=2))
+        return
+    for index, claim in enumerate(result.claims, 1):
+        print(f"{index:2}. [{claim.verdict}] {claim.claim}")
+    print(f"\n{result.trained} runs trained, {result.loaded} loaded, {result.seconds / 60:.1f} min")
+    if result.report:
+        print(f"report: {result.report}")
 
 
 def cmd_pretrain(args) -> None:
@@ -246,8 +274,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="at", choices=SOURCE_METHODS)
     p.add_argument("--lam", type=float, nargs="+", default=None, help="FDM teachers' λ (with --teacher fdm)")
     p.add_argument("--bn-case", nargs="+", default=["vanilla"], choices=[*BN_CASES, *BN_CASE_ALIASES])
+    p.add_argument("--source", default=None, help="source dataset (default: the preset's), e.g. cifar10")
+    p.add_argument("--target", default=None, help="target dataset (default: the preset's), e.g. svhn")
+    p.add_argument("--arch", default=None, choices=list(ARCHITECTURES), help="architecture (default: the preset's)")
     common(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="the paper's five tables at small scale over seeds, its claims judged, "
+                                         "a Markdown report and the full-scale recipes")
+    p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
+                   help="quick: MNIST digits, about an hour on a 2-core CPU; smoke: 8x8 digits, about a minute")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
+    p.add_argument("--report", default="reports/reproduction-{preset}.md", help="Markdown report (default %(default)s)")
+    p.add_argument("--recipes", action="store_true", help="only print the full-scale sweep commands and their compute")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_reproduce, argv=None)
 
     p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes data/runs)")
     p.add_argument("--out", default=None, help="folder to write them to (default: the kit's data/runs)")
@@ -264,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is not None and hasattr(args, "argv"):
+        args.argv = list(argv)
     try:
         args.func(args)
     except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt

@@ -272,6 +272,15 @@ PRESETS: dict[str, Preset] = {
         transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
         k=4, lam=0.01, beta=0.6,
     ),
+    # Seconds: scikit-learn's 8x8 digits 0-4 -> 5-9, one epoch, PGD-2; for tests and trying commands, not results.
+    "smoke": Preset(
+        name="smoke", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",
+        train_attack=AttackConfig(eps=0.1, step_size=0.05, steps=2),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.05, steps=3)),
+        source_optim=OptimConfig(epochs=1, batch_size=64, milestones=()),
+        transfer_optim=OptimConfig(epochs=1, batch_size=64, base_lr=0.05, warmup_epochs=0, milestones=()),
+        k=4, lam=0.01, beta=0.6,
+    ),
     # GPU hours: the reference's CIFAR-100 -> CIFAR-10 with WRN-34-10, 100 epochs, PGD-100 evaluation.
     "paper": Preset(
         name="paper", arch="wrn34_10", source_dataset="cifar100", target_dataset="cifar10",

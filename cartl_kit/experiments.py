@@ -159,11 +159,13 @@ def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch
 
 def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = None, methods: Iterable[str] = ("tl",),
                   betas: Iterable[float] | None = None, teacher: str = "at", lams: Iterable[float] | None = None,
-                  bn_cases: Iterable[str] = ("vanilla",), seed: int = 0) -> list[TransferConfig]:
+                  bn_cases: Iterable[str] = ("vanilla",), seed: int = 0, source: str | None = None,
+                  target: str | None = None, arch: str | None = None) -> list[TransferConfig]:
     """The transfer configs of a grid (validated before anything runs; duplicates dropped).
 
     ``betas`` apply to ``neft`` only; an FDM teacher (``teacher="fdm"``) is trained for each λ in
-    ``lams`` with the same k as the student it feeds (CARTL's pairing).
+    ``lams`` with the same k as the student it feeds (CARTL's pairing). ``source``, ``target`` and
+    ``arch`` replace the preset's datasets and architecture (e.g. the paper's CIFAR-10 -> SVHN with WRN-28-4).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     ks = list(ks) if ks is not None else [preset.k]
@@ -173,10 +175,11 @@ def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = 
         raise ValueError(f"unknown teacher method {teacher!r}; choose one of at, fdm")
     configs: dict[str, TransferConfig] = {}
     for k, method, bn_case, lam in itertools.product(ks, methods, bn_cases, lams if teacher == "fdm" else [None]):
-        source = preset.source(teacher, k=k if teacher == "fdm" else None, lam=lam, seed=seed)
+        teacher_config = preset.source(teacher, k=k if teacher == "fdm" else None, lam=lam, seed=seed,
+                                       dataset=source, arch=arch)
         for beta in betas if method == "neft" else [None]:
-            config = preset.transfer(source, method, k=k, beta=beta, bn_case=bn_case, seed=seed,
-                                     lwf_lam=preset.lam if method == "lwf" else None)
+            config = preset.transfer(teacher_config, method, k=k, beta=beta, bn_case=bn_case, seed=seed,
+                                     lwf_lam=preset.lam if method == "lwf" else None, dataset=target)
             configs.setdefault(config_hash(config), config)
     return list(configs.values())
 

@@ -1,0 +1,126 @@
+"""The reproduction: the verdict rules, the plan, shared cells, the claims on known numbers, and the smoke
+version of ``python -m cartl_kit reproduce`` end to end (the quick one takes about an hour: not in tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from cartl_kit import reproduce as rp
+from cartl_kit.config import config_hash
+
+
+def S(mean, std=0.0):
+    return rp.Stat(mean, std)
+
+
+def test_judge_rules():
+    assert rp.judge([(S(0.6, 0.01), S(0.5, 0.01))] * 3) == ("holds", 3, 3)
+    # in the claimed direction, but within the seeds' spread: not "holds"
+    assert rp.judge([(S(0.6, 0.01), S(0.5, 0.01)), (S(0.51, 0.02), S(0.5, 0.02))]) == ("holds partly", 1, 2)
+    assert rp.judge([(S(0.6), S(0.5)), (S(0.4), S(0.5))]) == ("holds partly", 1, 1)
+    assert rp.judge([(S(0.6), S(0.5)), (S(0.4), S(0.5)), (S(0.3), S(0.5))]) == ("does not hold here", 1, 1)
+    assert rp.judge([]) == ("not measured", 0, 0)
+
+
+def test_plan_refuses_impossible_settings():
+    with pytest.raises(ValueError, match=r"tradeoff_ks must list k in 1..8"):
+        rp.Plan(tradeoff_ks=(0, 9))
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        rp.Plan(seeds=(0, 0))
+    with pytest.raises(ValueError, match="ablation_lam must be one of lams"):
+        rp.Plan(ablation_lam=0.5)
+    with pytest.raises(ValueError, match="unknown reproduction plan 'huge'; choose one of quick, smoke, paper"):
+        rp.get_plan("huge")
+
+
+def test_tables_share_their_runs():
+    plan = rp.get_plan("quick")
+    cells = rp.cells(plan, seed=1)
+    by_table = {}
+    for cell in cells:
+        by_table.setdefault(cell.table, {})[(cell.row, cell.column)] = config_hash(cell.config)
+    assert by_table["ablation"][("AT → TL", "k = 4")] == by_table["tradeoff"][("k = 4", "vanilla")]
+    assert by_table["batchnorm"][("k = 4", "vanilla")] == by_table["tradeoff"][("k = 4", "vanilla")]
+    assert by_table["ablation"][("AT+FDM → NEFT", "k = 4")] == by_table["lam_beta"][("k = 4, λ = 0.003", "β = 0.4")]
+    assert by_table["baselines"][("CARTL", "full")] == by_table["lam_beta"][("k = 4, λ = 0.003", "β = 0.4")]
+    assert all(cell.config.seed == 1 and cell.config.teacher.seed == 1 for cell in cells)
+    unique = {config_hash(c.config) for c in cells}
+    teachers = {config_hash(c.config.teacher) for c in cells}
+    assert (len(cells), len(unique), len(teachers)) == (8 + 8 + 18 + 9 + 6, 39, 7)
+
+
+def _summary(plan, clean, robust):
+    """A summary whose every cell is given by clean(cell)/robust(cell), with a small spread."""
+    rows = []
+    for cell in rp.cells(plan, seed=0):
+        rows.append(dict(table=cell.table, row=cell.row, column=cell.column, clean_mean=clean(cell),
+                         clean_std=0.001, robust_mean=robust(cell), robust_std=0.001, seeds=2))
+    return pd.DataFrame(rows).drop_duplicates(["table", "row", "column"])
+
+
+def _paper_like(cell):
+    """Numbers shaped like the paper's findings."""
+    c = cell.config
+    neft = c.method == "neft"
+    fdm = c.teacher.method == "fdm"
+    clean = 0.80 + 0.02 * c.k - (0.2 if c.method == "lwf" else 0) + 0.01 * fdm
+    robust = 0.60 - 0.05 * c.k + 0.2 * (1 - (c.beta or 1.0)) * neft + 0.05 * fdm + 0.02 * neft
+    robust += {"train-update": -0.03, "train-reuse": 0.0, "freeze-update": -0.02, "vanilla": 0.01}[c.bn_case]
+    if fdm:
+        robust += 0.01 if c.teacher.lam == 0.003 else 0.0
+        clean += 0.0 if c.teacher.lam == 0.003 else 0.003
+    if c.method == "lwf":
+        robust -= 0.3
+    return clean, robust
+
+
+def test_claims_hold_on_numbers_shaped_like_the_papers_and_fail_on_reversed_ones():
+    plan = rp.get_plan("quick")
+    like = _summary(plan, lambda c: _paper_like(c)[0], lambda c: _paper_like(c)[1])
+    verdicts = {c.claim: c.verdict for c in rp.claims(like, plan)}
+    assert len(verdicts) == 14
+    assert set(verdicts.values()) == {"holds"}, verdicts
+    reversed_ = _summary(plan, lambda c: 1 - _paper_like(c)[0], lambda c: 1 - _paper_like(c)[1])
+    flipped = {c.claim: c.verdict for c in rp.claims(reversed_, plan)}
+    assert flipped["Accuracy rises with k (poster)"] == "does not hold here"
+    assert flipped["Robustness falls as k grows (poster)"] == "does not hold here"
+    assert sum(v == "does not hold here" for v in flipped.values()) >= 11
+
+
+def test_smoke_reproduction_end_to_end(tmp_path):
+    report = tmp_path / "reproduction.md"
+    args = [sys.executable, "-m", "cartl_kit", "reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"),
+            "--report", str(report)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "runs trained, 0 loaded" in first.stdout
+    text = report.read_text()
+    for title in rp.TITLES.values():
+        assert f"## {title}" in text
+    assert "command: `python -m cartl_kit reproduce --preset smoke" in text and "run time:" in text
+    verdicts = re.findall(r"^\d+\. .* \*\*(holds|holds partly|does not hold here)\*\*\.$", text, flags=re.M)
+    assert len(verdicts) == 14
+    assert "python -m cartl_kit sweep --preset paper" in text
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and re.search(r"^0 runs trained, \d+ loaded", second.stdout, flags=re.M)  # reuses all
+
+
+def test_reproduce_refuses_a_wrong_preset_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cartl_kit", "reproduce", "--preset", "paper"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "invalid choice: 'paper'" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_recipes_give_a_paper_sweep_per_table_and_their_compute():
+    text = rp.recipes_markdown()
+    assert text.count("python -m cartl_kit sweep --preset paper") == len(rp.RECIPES)
+    # WRN-34-10 at 32x32 by hand: per group of 5 units 2.15-2.25 G multiply-adds, 6.658 G in all, so F = 13.32 GFLOP;
+    # one AT teacher = 17F per image, 50k images, 100 epochs
+    assert rp.recipe_flops("cifar100", "cifar10", "wrn34_10", 0, 1, 0) == pytest.approx(17 * 13.32e9 * 50_000 * 100, rel=0.01)
