@@ -72,7 +72,8 @@ def main() -> None:
             common.sync(device)
             extract_times.append(time.perf_counter() - start)
         cached = CachedFeatures(cached_loader, features)
-        cached_cl = CachedFeatures(cl_loader, features.contiguous(memory_format=torch.channels_last))
+        cached_cl = CachedFeatures(cl_loader, features.contiguous(memory_format=torch.channels_last)
+                                   if features.dim() == 4 else features)  # k = 1: pooled vectors
         times = common.interleaved({"plain": one_epoch(students[0], plain_loader),
                                     "cached": one_epoch(FromSplit(students[1], k=k), cached),
                                     "cached-cl": one_epoch(FromSplit(students[2], k=k), cached_cl, channels_last=True)},

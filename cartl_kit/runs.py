@@ -215,7 +215,7 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
     if start <= optim.epochs and cache_features and isinstance(config, TransferConfig):
         if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method == "lwf") is None:
             features = extract(model, loader, k=config.k)
-            if channels_last:  # batches indexed from it stay channels-last: no per-batch conversion
+            if channels_last and features.dim() == 4:  # batches indexed from it stay channels-last
                 features = features.contiguous(memory_format=torch.channels_last)
             trained, batches = FromSplit(model, k=config.k), CachedFeatures(loader, features)
     if start <= optim.epochs:

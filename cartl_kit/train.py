@@ -266,7 +266,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
+            if channels_last and x.dim() == 4:  # (cached pooled features at k = 1 are vectors)
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 loss, metrics = step(model, x, y)

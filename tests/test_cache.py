@@ -71,8 +71,9 @@ def test_cached_batches_replay_the_loader_and_the_split_model_completes_it(train
     assert torch.equal(cached.state_dict()["order"], plain.state_dict()["order"])
 
 
-def test_a_run_trained_channels_last_is_saved_in_the_plain_format(trained_root, tmp_path):  # noqa: F811
-    config = tiny_transfer()
+@pytest.mark.parametrize("k", [3, 1])  # k = 1: the cached features are pooled vectors, not images
+def test_a_run_trained_channels_last_is_saved_in_the_plain_format(trained_root, tmp_path, k):  # noqa: F811
+    config = tiny_transfer(k=k)
     nhwc = runs.run(config, root=copy_of(trained_root, tmp_path / "nhwc"), device="cpu", progress=False,
                     channels_last=True)
     plain = runs.run(config, root=copy_of(trained_root, tmp_path / "plain"), device="cpu", progress=False)
