@@ -159,13 +159,14 @@ class Reproduction:
     machine: dict = field(default_factory=dict)
 
 
-def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: bool = True,
+def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: bool | None = None,
               report: str | None = "reports/reproduction-{preset}.md", shipped: bool = True,
               log: Callable[[str], None] | None = None, command: str | None = None) -> Reproduction:
     """Run (or load) every cell of every table for every seed, then summarise, judge the claims, report.
 
     Finished runs are loaded, never retrained; ``shipped=False`` ignores the teachers shipped with the kit
-    (a cold start trains them too). Returns a ``Reproduction``; writes the Markdown report unless
+    (a cold start trains them too). ``progress`` (default ``widgets.watched()``) draws training bars in a
+    terminal or an open notebook, not under papermill or nbval. Returns a ``Reproduction``; writes the Markdown report unless
     ``report`` is None.
 
     Example:

@@ -62,7 +62,7 @@ def _output_text(path: Path) -> str:
         for output in cell.get("outputs", []):
             parts.append(output.get("text", ""))
             data = output.get("data", {})
-            parts += [data.get("text/plain", ""), data.get("text/html", ""),
+            parts += [data.get("text/plain", ""), data.get("text/html", ""), data.get("text/markdown", ""),
                       data.get("application/vnd.plotly.v1+json", {}) and json.dumps(data["application/vnd.plotly.v1+json"])]
     return "\n".join(str(p) for p in parts)
 
@@ -144,3 +144,23 @@ def test_a_wrong_parameter_fails_with_one_clear_message(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match=r"k must be an integer in 1\.\.8"):
         _papermill(path, tmp_path / "out.ipynb", K=99, K_VALUES=[], RUNS_DIR=str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_papermill_reproduction_with_the_smoke_plan(tmp_path):
+    """07 is not run by nbval (its quick plan takes about an hour); its smoke plan runs every cell in a minute."""
+    out = tmp_path / "out.ipynb"
+    _papermill(_notebook("07_reproduction"), out, PLAN="smoke", RUNS_DIR=str(tmp_path / "runs"), REPORT="report.md")
+    text = _output_text(out)
+    assert "plan smoke" in text and "runs trained, 0 loaded" in text
+    for verdict in ("holds", "does not hold here"):
+        assert verdict in text
+    assert "python -m cartl_kit sweep --preset paper" in text
+    report = (tmp_path / "report.md").read_text()
+    assert "command: `notebooks/07_reproduction.ipynb (PLAN='smoke', seeds (0, 1))`" in report
+
+
+def test_reproduction_notebook_refuses_an_unknown_plan(tmp_path):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown reproduction plan 'huge'; choose one of"):
+        _papermill(_notebook("07_reproduction"), tmp_path / "out.ipynb", PLAN="huge", RUNS_DIR=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
