@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -18,20 +16,9 @@ RESULTS = Path(os.environ.get("CARTL_BENCH_RESULTS") or Path(__file__).resolve()
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": "cpu"}
-    if torch.cuda.is_available():
-        info.update(device="cuda", gpu=torch.cuda.get_device_name(0))
+    """What the numbers were measured on (``cartl_kit.runs.machine``) and how busy the machine was."""
+    from cartl_kit.runs import machine as kit_machine
+    info = kit_machine()
     try:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
     except OSError:

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
-from .config import Preset, TransferConfig, get_preset
+from .config import TransferConfig, get_preset
 from .models import ARCHITECTURES
 
 BN_CASES_2X2 = ("train-update", "train-reuse", "freeze-update", "vanilla")
@@ -175,7 +173,7 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
     """
     import pandas as pd
     from .experiments import _say, run_row
-    from .runs import find_run
+    from .runs import find_run, machine
 
     plan = get_plan(plan) if isinstance(plan, str) else plan
     preset = get_preset(plan.preset)
@@ -206,24 +204,6 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
     if report is not None:
         result.report = write_markdown(result, Path(str(report).format(preset=plan.preset)))
     return result
-
-
-def machine() -> dict:
-    """Where the numbers were produced."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 # --- summary and claims ---------------------------------------------------------------------------
@@ -354,7 +334,7 @@ def claims(summary, plan: Plan) -> list[Claim]:
                       "(§11.2)", flat, "clean accuracy changes by " + ", ".join(f"{c:+.1f}" for c in changes) + " points"))
     out.append(_claim("lam_beta", f"A smaller FDM weight λ ({small_lam:g} against {big_lam:g}) helps robustness "
                       "(poster)", lam_rob, f"{len(lam_rob)} (k, β) cells compared"))
-    out.append(_claim("lam_beta", f"… but costs a little accuracy (poster)", lam_acc,
+    out.append(_claim("lam_beta", "… but costs a little accuracy (poster)", lam_acc,
                       f"{len(lam_acc)} (k, β) cells compared"))
 
     neft_gain, fdm_gain, acc_gain, text = [], [], [], []

@@ -121,6 +121,25 @@ def environment(device: torch.device) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
 
 
+def machine() -> dict:
+    """What a measurement ran on: UTC date, CPU model, cores, torch threads, torch and Python versions, GPU."""
+    import datetime
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": "cpu"}
+    if torch.cuda.is_available():
+        info.update(device="cuda", gpu=torch.cuda.get_device_name(0))
+    return info
+
+
 # --- building models for configs ----------------------------------------------------------------
 
 def _data(name: str, split: str) -> ImageData:
