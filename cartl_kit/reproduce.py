@@ -454,6 +454,10 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
               f"{plan.ablation_lam:g}, β = {plan.ablation_beta:g} (the paper's AT+FDM → NEFT row is λ = 0.005, β = 0.4).",
               f"- LwF fine-tunes k = {plan.lwf_k} blocks with BatchNorm updating (`train-update`), λ_d = {plan.lwf_lam:g}; "
               f"the small target set keeps {plan.small_per_class} images per class.",
+              f"- Every transfer trains {preset.transfer_optim.epochs} epochs at batch {preset.transfer_optim.batch_size} "
+              f"(the first a warm-up from lr 0), so on the small target set it takes "
+              f"{preset.transfer_optim.epochs * _batches(plan, preset)} SGD steps, on the full one "
+              f"{preset.transfer_optim.epochs * _batches(plan, preset, full=True)}.",
               "", "## Full scale: recipes for a GPU", "", recipes_markdown(), ""]
     text = "\n".join(lines)
 
@@ -463,6 +467,13 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, write)
     return path
+
+
+def _batches(plan: Plan, preset, *, full: bool = False) -> int:
+    """Batches per epoch of the target's training split, full or at ``plan.small_per_class`` per class."""
+    from .data import load_dataset
+    name = preset.target_dataset if full else f"{preset.target_dataset}@{plan.small_per_class}/class"
+    return math.ceil(len(load_dataset(name, split="train")) / preset.transfer_optim.batch_size)
 
 
 def figures(result: Reproduction) -> list:
