@@ -173,11 +173,13 @@ def cmd_reproduce(args) -> None:
     if args.json:
         print(json.dumps({"claims": [c.__dict__ for c in result.claims], "summary": _records(result.summary),
                           "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1),
-                          "trained": result.trained, "loaded": result.loaded}, indent=2))
+                          "trained": result.trained, "loaded": result.loaded,
+                          "teachers_trained": result.teachers_trained}, indent=2))
         return
     for index, claim in enumerate(result.claims, 1):
         print(f"{index:2}. [{claim.verdict}] {claim.claim}")
-    print(f"\n{result.trained} runs trained, {result.loaded} loaded, {result.seconds / 60:.1f} min")
+    print(f"\n{result.trained} transfers trained, {result.loaded} loaded; {result.teachers_trained} of "
+          f"{result.teachers} teachers trained; {result.seconds / 60:.1f} min")
     if result.report:
         print(f"report: {result.report}")
 

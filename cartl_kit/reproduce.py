@@ -152,6 +152,8 @@ class Reproduction:
     seconds: float
     trained: int
     loaded: int
+    teachers_trained: int = 0
+    teachers: int = 0
     report: Path | None = None
     command: str = ""
     machine: dict = field(default_factory=dict)
@@ -185,6 +187,7 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
         unique.setdefault((seed, cell.config), None)
     rows, done = [], {}
     trained = loaded = 0
+    teachers = {config.teacher: find_run(config.teacher, root, shipped=shipped) is None for _, config in unique}
     for index, (seed, config) in enumerate(unique, 1):
         found = find_run(config, root, shipped=shipped) is not None
         log(f"[{index}/{len(unique)}] seed {seed}: {config.slug}: {'found' if found else 'training'}")
@@ -199,6 +202,7 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
     summary = summarise(frame)
     result = Reproduction(plan=plan, rows=frame, summary=summary, claims=claims(summary, plan),
                           seconds=time.perf_counter() - started, trained=trained, loaded=loaded,
+                          teachers_trained=sum(teachers.values()), teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
                           machine=machine())
     if report is not None:
@@ -277,9 +281,10 @@ def _claim(table: str, claim: str, comparisons: list[tuple[Stat, Stat]], measure
     return Claim(table, claim, f"{measured}; {counted}", verdict, clear, agreeing, len(comparisons))
 
 
-def _flip(stat: Stat | None) -> Stat | None:
-    """-x, so that "a < b" is judged as "-a > -b"."""
-    return None if stat is None else Stat(-stat.mean, stat.std)
+def at_chance(summary, num_classes: int, *, margin: float = 0.05):
+    """The cells whose clean accuracy is within ``margin`` of chance (1 / classes): models that learned nothing,
+    whose robust accuracy therefore means nothing, whatever a claim's comparison says."""
+    return summary[summary.clean_mean <= 1 / num_classes + margin][["table", "row", "column", "clean_mean", "robust_mean"]]
 
 
 def claims(summary, plan: Plan) -> list[Claim]:
@@ -428,7 +433,8 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
              f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('torch_threads')} torch threads"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, Python {m.get('python')}",
              f"- date: {m.get('date')}",
-             f"- run time: {result.seconds / 60:.1f} min ({result.trained} runs trained, {result.loaded} loaded)",
+             f"- run time: {result.seconds / 60:.1f} min ({result.trained} transfers trained, {result.loaded} loaded; "
+             f"{result.teachers_trained} of {result.teachers} teachers trained)",
              f"- setting: {preset.arch}, source `{preset.source_dataset}` → target `{preset.target_dataset}`; "
              f"training PGD-{preset.train_attack.steps} ε = {preset.train_attack.eps:.4g}; robust accuracy under "
              f"PGD-{preset.evaluation.attack.steps} (ε = {preset.evaluation.attack.eps:.4g}, step "
@@ -440,6 +446,13 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
              "seeds' spread combined (√(s₁² + s₂²)). **holds**: every comparison clear; **holds partly**: at least "
              "half agree; **does not hold here**: fewer. With few seeds the spread is a rough noise estimate.", ""]
     lines += [f"{i}. {claim.sentence()}" for i, claim in enumerate(result.claims, 1)]
+    from .data import load_dataset
+    chance = at_chance(result.summary, load_dataset(preset.target_dataset, split="test").num_classes)
+    if len(chance):
+        lines += ["", "Cells at chance accuracy (clean within 5 points of 1 / classes): these models learned nothing, so "
+                  "their robust accuracy means nothing, and comparisons with them say nothing either: "
+                  + "; ".join(f"{r.table} {r.row} | {r.column} ({100 * r.clean_mean:.1f} / {100 * r.robust_mean:.1f})"
+                              for r in chance.itertuples()) + "."]
     for table in TABLES:
         lines += ["", f"## {TITLES[table]}", "", _markdown_table(pivot(result.summary, table)), "",
                   f"The paper: {PAPER[table]}"]
@@ -572,5 +585,5 @@ def recipes_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Cell", "Claim", "PLANS", "Plan", "Reproduction", "cells", "claims", "figures", "get_plan", "judge",
+__all__ = ["Cell", "Claim", "PLANS", "Plan", "Reproduction", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
            "recipes_markdown", "reproduce", "summarise", "write_markdown"]

@@ -151,7 +151,7 @@ def test_papermill_reproduction_with_the_smoke_plan(tmp_path):
     out = tmp_path / "out.ipynb"
     _papermill(_notebook("07_reproduction"), out, PLAN="smoke", RUNS_DIR=str(tmp_path / "runs"), REPORT="report.md")
     text = _output_text(out)
-    assert "plan smoke" in text and "runs trained, 0 loaded" in text
+    assert "plan smoke" in text and "transfers trained, 0 loaded; 10 of 10 teachers trained" in text
     for verdict in ("holds", "does not hold here"):
         assert verdict in text
     assert "python -m cartl_kit sweep --preset paper" in text

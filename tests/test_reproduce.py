@@ -99,7 +99,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
             "--report", str(report)]
     first = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "runs trained, 0 loaded" in first.stdout
+    assert "transfers trained, 0 loaded; 10 of 10 teachers trained" in first.stdout
     text = report.read_text()
     for title in rp.TITLES.values():
         assert f"## {title}" in text
@@ -108,7 +108,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     assert len(verdicts) == 14
     assert "python -m cartl_kit sweep --preset paper" in text
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and re.search(r"^0 runs trained, \d+ loaded", second.stdout, flags=re.M)  # reuses all
+    assert second.returncode == 0 and re.search(r"^0 transfers trained, \d+ loaded; 0 of 10", second.stdout, flags=re.M)  # reuses all
 
 
 def test_reproduce_refuses_a_wrong_preset_in_one_line(tmp_path):
@@ -124,3 +124,13 @@ def test_recipes_give_a_paper_sweep_per_table_and_their_compute():
     # WRN-34-10 at 32x32 by hand: per group of 5 units 2.15-2.25 G multiply-adds, 6.658 G in all, so F = 13.32 GFLOP;
     # one AT teacher = 17F per image, 50k images, 100 epochs
     assert rp.recipe_flops("cifar100", "cifar10", "wrn34_10", 0, 1, 0) == pytest.approx(17 * 13.32e9 * 50_000 * 100, rel=0.01)
+
+
+def test_cells_at_chance_are_named():
+    summary = pd.DataFrame([dict(table="baselines", row="CARTL", column="20/class", clean_mean=0.20, clean_std=0.0,
+                                 robust_mean=0.199, robust_std=0.0, seeds=2),
+                            dict(table="baselines", row="vanilla", column="20/class", clean_mean=0.70, clean_std=0.0,
+                                 robust_mean=0.44, robust_std=0.0, seeds=2)])
+    assert list(rp.at_chance(summary, 5).row) == ["CARTL"]
+    assert rp.at_chance(summary, 2).row.tolist() == ["CARTL"]  # 0.2 is below chance (0.5) for two classes too
+    assert rp.at_chance(summary, 100).empty
