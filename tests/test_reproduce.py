@@ -134,3 +134,22 @@ def test_cells_at_chance_are_named():
     assert list(rp.at_chance(summary, 5).row) == ["CARTL"]
     assert rp.at_chance(summary, 2).row.tolist() == ["CARTL"]  # 0.2 is below chance (0.5) for two classes too
     assert rp.at_chance(summary, 100).empty
+
+
+def test_every_recipe_is_a_valid_sweep_of_the_paper_preset():
+    """Each recipe's command parses, and its grid builds (configs only: nothing trains or downloads)."""
+    import shlex
+
+    from cartl_kit.__main__ import parser
+    from cartl_kit.experiments import sweep_configs
+
+    for title, source, target, arch, flags, transfers, at, fdm, _ in rp.RECIPES:
+        argv = shlex.split(f"sweep --preset paper --source {source} --target {target} --arch {arch} {flags}")
+        args = parser().parse_args(argv)
+        configs = sweep_configs(args.preset, ks=args.k, methods=args.method, betas=args.beta, teacher=args.teacher,
+                                lams=args.lam, bn_cases=args.bn_case, source=args.source, target=args.target,
+                                arch=args.arch)
+        assert len(configs) == transfers, title
+        assert {c.dataset for c in configs} == {target} and {c.teacher.dataset for c in configs} == {source}
+        assert {c.teacher.arch for c in configs} == {arch}
+        assert len({c.teacher for c in configs}) == at + fdm, title
