@@ -91,17 +91,16 @@ def bench_arch(arch: str, batch: int, repeats: int, device: torch.device, bf16: 
     if bf16 and compile_:
         kit_settings["kit-bf16-compiled"] = ({"precision": "bf16", "compile": True},
                                                  "bf16, channels-last, cudnn.benchmark, torch.compile")
-    for name, (settings, _) in kit_settings.items():
+    for name, (settings, described) in kit_settings.items():
         model, opt = _copy(arch, base, device, memory_format=torch.channels_last)
-        candidates[name] = (lambda m=model, o=opt, s=settings: kit_step_fn(m, o, step, x, y, **s), None)
+        candidates[name] = (lambda m=model, o=opt, s=settings: kit_step_fn(m, o, step, x, y, **s), described)
     times = common.interleaved({name: fn for name, (fn, _) in candidates.items()},
                                repeats=repeats, warmup=2 if compile_ else 1, device=device)
     peak = common.peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     ref_s = common.median(times["reference"])
     rows = []
-    for name in candidates:
+    for name, (_, settings) in candidates.items():
         seconds = common.median(times[name])
-        settings = candidates[name][1] or kit_settings[name][1]
         rows.append({"arch": arch, "batch": batch, "candidate": name, "settings": settings, "seconds": round(seconds, 4),
                      "img_per_s": round(batch / seconds, 1), "speedup": round(ref_s / seconds, 2),
                      "tflop_per_s": round(flops / seconds / 1e12, 3),

@@ -167,7 +167,7 @@ def cmd_reproduce(args) -> None:
     if args.seeds is not None:
         plan = replace(plan, seeds=tuple(args.seeds))
     root = runs_root(args.runs_dir) / FROM_SCRATCH_DIR if args.from_scratch else args.runs_dir
-    command = "python -m cartl_kit " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    command = "python -m cartl_kit " + " ".join(args.argv)
     result = reproduce(plan, root=root, device=args.device, shipped=not args.from_scratch, report=args.report,
                        command=command)
     if args.json:
@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_reproduce, argv=None)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes data/runs)")
     p.add_argument("--out", default=None, help="folder to write them to (default: the kit's data/runs)")
@@ -311,8 +311,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if argv is not None and hasattr(args, "argv"):
-        args.argv = list(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for reports
     try:
         args.func(args)
     except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt

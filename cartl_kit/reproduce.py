@@ -19,6 +19,7 @@ with their compute in FLOPs and, where a GPU throughput was measured with ``benc
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -182,20 +183,17 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
     log = log or _say
     started = time.perf_counter()
     todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
-    unique = {}
-    for seed, cell in todo:
-        unique.setdefault((seed, cell.config), None)
+    unique = list(dict.fromkeys(cell.config for _, cell in todo))  # cells shared between tables run once
     rows, done = [], {}
     trained = loaded = 0
-    teachers = {config.teacher: find_run(config.teacher, root, shipped=shipped) is None for _, config in unique}
-    for index, (seed, config) in enumerate(unique, 1):
+    teachers = {config.teacher: find_run(config.teacher, root, shipped=shipped) is None for config in unique}
+    for index, config in enumerate(unique, 1):
         found = find_run(config, root, shipped=shipped) is not None
-        log(f"[{index}/{len(unique)}] seed {seed}: {config.slug}: {'found' if found else 'training'}")
-        done[(seed, config)] = run_row(config, preset.evaluation, root=root, device=device, progress=progress,
-                                       shipped=shipped)
+        log(f"[{index}/{len(unique)}] seed {config.seed}: {config.slug}: {'found' if found else 'training'}")
+        done[config] = run_row(config, preset.evaluation, root=root, device=device, progress=progress, shipped=shipped)
         trained, loaded = trained + (not found), loaded + found
     for seed, cell in todo:
-        row = done[(seed, cell.config)]
+        row = done[cell.config]
         rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed, "run": row["run"],
                      "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "n": row["n"]})
     frame = pd.DataFrame(rows)
@@ -372,22 +370,28 @@ def claims(summary, plan: Plan) -> list[Claim]:
 
 # --- the report ---------------------------------------------------------------------------------
 
-# The paper's numbers (CARTL_REFERENCE.md §11: CIFAR, WRN-34-10 / WRN-28-4, PGD-100), clean / robust %.
+# The paper's numbers (CARTL_REFERENCE.md §11: CIFAR, WRN-34-10 / WRN-28-4, PGD-100), clean / robust %, each
+# written once: the tables' "The paper:" lines and the recipes' columns are built from these.
+BN_ORDER = "(– | W,b), (– | μ,σ,W,b), (W,b | W,b), (W,b | μ,σ,W,b)"
+PAPER_BN = {"CIFAR-100 → CIFAR-10, k = 8": "91.17 / 14.36, 90.86 / 14.89, 90.70 / 17.41, 90.84 / 18.54",
+            "CIFAR-10 → SVHN, k = 6": "95.29 / 3.88, 95.24 / 9.22, 95.16 / 4.90, 94.86 / 11.52",
+            "CIFAR-10 → SVHN, k = 5": "93.47 / 4.71, 92.92 / 12.45, 93.41 / 5.64, 92.10 / 14.16"}
+PAPER_ABLATION = {"AT → TL": "83.22 / 25.23, 86.92 / 25.38, 90.82 / 18.54",
+                  "AT → NEFT": "83.72 / 26.29, 86.87 / 27.95, 90.92 / 29.97",
+                  "AT+FDM → NEFT": "85.51 / 28.47, 87.79 / 30.94, 91.30 / 29.34"}  # k = 4, 6, 8
+PAPER_C10_SVHN = {"LwF": "94.32 / 4.68", "vanilla": "94.86 / 11.52", "CARTL": "94.76 / 21.65"}
 PAPER = {
     "tradeoff": "No table: the poster states the trend (accuracy rises with k, robustness falls); §11.3's TL row "
-                "reads 83.22 / 25.23 (k = 4), 86.92 / 25.38 (k = 6), 90.82 / 18.54 (k = 8) on CIFAR-100 → CIFAR-10.",
-    "batchnorm": "CIFAR-100 → CIFAR-10, k = 8: – | W,b 91.17 / 14.36; – | μ,σ,W,b 90.86 / 14.89; W,b | W,b 90.70 / 17.41; "
-                 "W,b | μ,σ,W,b 90.84 / 18.54. CIFAR-10 → SVHN, k = 6: 95.29 / 3.88; 95.24 / 9.22; 95.16 / 4.90; "
-                 "94.86 / 11.52 (same order).",
+                f"reads {PAPER_ABLATION['AT → TL']} at k = 4, 6, 8 on CIFAR-100 → CIFAR-10.",
+    "batchnorm": f"cases in the order {BN_ORDER}: " + "; ".join(f"{pair}: {cells}" for pair, cells in PAPER_BN.items()) + ".",
     "lam_beta": "CIFAR-100 → CIFAR-10, β = 1.0 / 0.6 / 0.4: k = 4, λ = 0.01: 86.09 / 25.73, 86.08 / 27.17, 85.64 / 28.40; "
                 "λ = 0.005: 85.41 / 25.75, 85.47 / 27.14, 85.51 / 28.47. k = 6, λ = 0.01: 87.78 / 25.58, 87.92 / 27.27, "
                 "87.96 / 29.60; λ = 0.005: 87.66 / 25.97, 88.07 / 27.64, 87.79 / 30.94. k = 8, λ = 0.01: 91.85 / 16.36, "
                 "91.63 / 19.22, 91.55 / 27.47; λ = 0.005: 91.71 / 17.62, 91.10 / 21.60, 91.30 / 29.34.",
-    "ablation": "CIFAR-100 → CIFAR-10, k = 4 / 6 / 8: AT → TL 83.22 / 25.23, 86.92 / 25.38, 90.82 / 18.54; AT → NEFT "
-                "83.72 / 26.29, 86.87 / 27.95, 90.92 / 29.97; AT+FDM → NEFT 85.51 / 28.47, 87.79 / 30.94, 91.30 / 29.34.",
+    "ablation": "CIFAR-100 → CIFAR-10, k = 4 / 6 / 8: " + "; ".join(f"{row} {cells}" for row, cells in PAPER_ABLATION.items()) + ".",
     "baselines": "LwF / vanilla / CARTL: CIFAR-100 → SVHN 85.90 / 6.67, 92.83 / 17.64, 93.96 / 22.21; CIFAR-100 → GTSRB "
-                 "70.34 / 15.85, 80.40 / 30.25, 83.07 / 47.34; CIFAR-10 → SVHN 94.32 / 4.68, 94.86 / 11.52, 94.76 / 21.65; "
-                 "GTSRB → SVHN 81.80 / 1.08, 93.91 / 6.08, 94.07 / 15.26. Small-data: a claim of the poster, no numbers.",
+                 "70.34 / 15.85, 80.40 / 30.25, 83.07 / 47.34; CIFAR-10 → SVHN " + ", ".join(PAPER_C10_SVHN.values())
+                 + "; GTSRB → SVHN 81.80 / 1.08, 93.91 / 6.08, 94.07 / 15.26. Small-data: a claim of the poster, no numbers.",
 }
 TITLES = {"tradeoff": "1. The trade-off in k (vanilla transfer from the AT teacher)",
           "batchnorm": "2. The four BatchNorm cases (sub-model frozen set | extractor frozen set)",
@@ -495,7 +499,7 @@ def figures(result: Reproduction) -> list:
     import plotly.graph_objects as go
     summary = result.summary
     part = summary[summary.table == "tradeoff"]
-    ks = [int(r.split("= ")[1]) for r in part.row]
+    ks = list(result.plan.tradeoff_ks)  # the rows, in plan order
     tradeoff = go.Figure()
     for metric, name in (("clean", "clean accuracy"), ("robust", "robust accuracy")):
         tradeoff.add_trace(go.Scatter(x=ks, y=100 * part[f"{metric}_mean"], name=name, mode="lines+markers",
@@ -524,37 +528,50 @@ SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn"
 RECIPES = [
     ("§11.1 BatchNorm, CIFAR-100 → CIFAR-10, k = 8", "cifar100", "cifar10", "wrn34_10",
      "-k 8 --method tl --bn-case train-update train-reuse freeze-update vanilla", 4, 1, 0,
-     "91.17 / 14.36, 90.86 / 14.89, 90.70 / 17.41, 90.84 / 18.54 (the four cases in the order of the command)"),
+     f"{PAPER_BN['CIFAR-100 → CIFAR-10, k = 8']} (the four cases in the order of the command)"),
     ("§11.1 BatchNorm, CIFAR-10 → SVHN, k = 5, 6 (WRN-28-4)", "cifar10", "svhn", "wrn28_4",
      "-k 5 6 --method tl --bn-case train-update train-reuse freeze-update vanilla", 8, 1, 0,
-     "k = 5: 93.47 / 4.71, 92.92 / 12.45, 93.41 / 5.64, 92.10 / 14.16; k = 6: 95.29 / 3.88, 95.24 / 9.22, "
-     "95.16 / 4.90, 94.86 / 11.52"),
+     f"k = 5: {PAPER_BN['CIFAR-10 → SVHN, k = 5']}; k = 6: {PAPER_BN['CIFAR-10 → SVHN, k = 6']}"),
     ("§11.2 λ × β, CIFAR-100 → CIFAR-10", "cifar100", "cifar10", "wrn34_10",
      "-k 4 6 8 --teacher fdm --lam 0.01 0.005 --method neft --beta 1.0 0.6 0.4", 18, 0, 6,
-     "the 18 cells of §11.2 (table 3 of this report), e.g. k = 8, λ = 0.005, β = 0.4: 91.30 / 29.34"),
+     f"the 18 cells of §11.2 (table 3 of this report), e.g. k = 4, 6, 8 at λ = 0.005, β = 0.4: "
+     f"{PAPER_ABLATION['AT+FDM → NEFT']}"),
     ("§11.3 ablation (TL and NEFT rows; the FDM row is §11.2's λ = 0.005, β = 0.4)", "cifar100", "cifar10", "wrn34_10",
      "-k 4 6 8 --method tl neft --beta 0.4", 6, 1, 0,
-     "TL 83.22 / 25.23, 86.92 / 25.38, 90.82 / 18.54; NEFT 83.72 / 26.29, 86.87 / 27.95, 90.92 / 29.97 (k = 4, 6, 8)"),
+     f"TL {PAPER_ABLATION['AT → TL']}; NEFT {PAPER_ABLATION['AT → NEFT']} (k = 4, 6, 8)"),
     ("§11.4 CIFAR-10 → SVHN, vanilla and LwF (WRN-28-4, k = 6)", "cifar10", "svhn", "wrn28_4",
-     "-k 6 --method tl lwf", 2, 1, 0, "vanilla 94.86 / 11.52, LwF 94.32 / 4.68"),
+     "-k 6 --method tl lwf", 2, 1, 0, f"vanilla {PAPER_C10_SVHN['vanilla']}, LwF {PAPER_C10_SVHN['LwF']}"),
     ("§11.4 CIFAR-10 → SVHN, CARTL", "cifar10", "svhn", "wrn28_4",
-     "-k 6 --teacher fdm --lam 0.005 --method neft --beta 0.4", 1, 0, 1, "94.76 / 21.65"),
+     "-k 6 --teacher fdm --lam 0.005 --method neft --beta 0.4", 1, 0, 1, PAPER_C10_SVHN["CARTL"]),
 ]
 
 
-def _measured_gpu_rate(arch: str) -> tuple[float, str] | None:
-    """FLOP/s of the kit's bf16 adversarial-training step for ``arch`` from ``bench/results/at_step.json``,
-    if it was measured on a GPU."""
+def _measured_gpu_rates() -> dict[str, tuple[float, str]]:
+    """arch → (FLOP/s of the kit's fastest adversarial-training step, where and when) from
+    ``bench/results/at_step.json``, if it was measured on a GPU; empty otherwise."""
     path = Path(__file__).resolve().parent.parent / "bench" / "results" / "at_step.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if data.get("machine", {}).get("device") != "cuda":
-        return None
-    rates = [r["tflop_per_s"] * 1e12 for r in data.get("rows", []) if r.get("arch") == arch
-             and str(r.get("candidate", "")).startswith("kit")]
-    return (max(rates), f"{data['machine'].get('gpu')}, {data['machine'].get('date')}") if rates else None
+        return {}
+    machine = data.get("machine", {})
+    if machine.get("device") != "cuda":
+        return {}
+    rates: dict[str, tuple[float, str]] = {}
+    for row in data.get("rows", []):
+        if str(row.get("candidate", "")).startswith("kit"):
+            rate = row["tflop_per_s"] * 1e12
+            if rate > rates.get(row["arch"], (0.0, ""))[0]:
+                rates[row["arch"]] = (rate, f"{machine.get('gpu')}, {machine.get('date')}")
+    return rates
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_flops_32(arch: str) -> int:
+    """Forward FLOPs of ``arch`` on one 3x32x32 image (10 classes)."""
+    from .models import create_model, forward_flops
+    model = create_model(arch, num_classes=10).eval()
+    return forward_flops(model, lambda: model(torch.zeros(1, 3, 32, 32)))
 
 
 def recipe_flops(source: str, target: str, arch: str, transfers: int, at_teachers: int, fdm_teachers: int) -> float:
@@ -562,10 +579,8 @@ def recipe_flops(source: str, target: str, arch: str, transfers: int, at_teacher
     full test set): teachers 17F per training image-epoch (PGD-7 + update), FDM one more forward and backward;
     transfers 3F (the extractor's part is less; this is an upper estimate); evaluation 201F per test image
     (100 forward + input-gradient passes and the final forward). F is the forward FLOPs at 32x32."""
-    from .models import create_model, forward_flops
     preset = get_preset("paper")
-    model = create_model(arch, num_classes=10).eval()
-    forward = forward_flops(model, lambda: model(torch.zeros(1, 3, 32, 32)))
+    forward = _forward_flops_32(arch)
     (n_src, _), (n_tgt, n_test) = SPLIT_SIZES[source], SPLIT_SIZES[target]
     src_epochs, tgt_epochs = preset.source_optim.epochs, preset.transfer_optim.epochs
     teachers = at_teachers * 17 * forward * n_src * src_epochs + fdm_teachers * 20 * forward * n_src * src_epochs
@@ -582,10 +597,11 @@ def recipes_markdown() -> str:
              "when such a measurement is in `bench/results/at_step.json`.", "",
              "| paper table | command | the paper's numbers it fills (clean / robust %) | compute (PFLOP) | GPU-hours |",
              "|---|---|---|---|---|"]
+    rates = _measured_gpu_rates()
     for title, source, target, arch, flags, transfers, at, fdm, paper in RECIPES:
         command = (f"python -m cartl_kit sweep --preset paper --source {source} --target {target} --arch {arch} {flags}")
         flops = recipe_flops(source, target, arch, transfers, at, fdm)
-        rate = _measured_gpu_rate(arch)
+        rate = rates.get(arch)
         hours = (f"{flops / rate[0] / 3600:.0f} (at {rate[0] / 1e12:.0f} TFLOP/s, {rate[1]})" if rate
                  else "not measured: no GPU benchmark of this architecture yet")
         lines.append(f"| {title} | `{command}` | {paper} | {flops / 1e15:,.0f} | {hours} |")

@@ -114,11 +114,14 @@ def load_tensors(path: Path):
 
 
 def environment(device: torch.device) -> dict:
+    """A run's ``env.json``: the machine (``machine()``), the library versions and the device it trained on."""
     import numpy
     import torchvision
-    return {"cartl_kit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version(), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
+    info = machine()
+    info.update({"cartl_kit": __version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+                 "device": str(device),
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu"]})
+    return info
 
 
 def machine() -> dict:
