@@ -64,27 +64,53 @@ def _transfer_config(args):
                                    lwf_lam=args.lwf_lam, seed=args.seed)
 
 
+def _robust_line(result: dict) -> str:
+    return (f"clean {100 * result['clean_acc']:.2f} %  robust {100 * result['robust_acc']:.2f} %  "
+            f"(attack: {result.get('label', result.get('attack'))}, n = {result['n']})")
+
+
 def cmd_transfer(args) -> None:
     from .runs import evaluate, run
     preset, config = _transfer_config(args)
     finished = run(config, root=args.runs_dir, device=args.device, train_teacher=not args.no_teacher_training)
     result = evaluate(finished, preset.evaluation, device=args.device)
-    print(json.dumps({"run": str(finished.path), **result}) if args.json else
-          f"{finished.path}\nclean {100 * result['clean_acc']:.2f} %  robust {100 * result['robust_acc']:.2f} %")
+    print(json.dumps({"run": str(finished.path), **result}) if args.json else f"{finished.path}\n{_robust_line(result)}")
+
+
+def _evaluation(args):
+    from dataclasses import replace
+    from .config import AttackConfig, get_preset
+    preset = get_preset(args.preset)
+    attack = preset.evaluation.attack
+    pgd_flags = args.any_iterate or args.steps is not None or args.step_size is not None  # only PGD has them
+    method = args.attack or ("pgd" if pgd_flags else preset.evaluation.method)
+    if method != "pgd" and (args.steps is not None or args.step_size is not None):
+        raise ValueError("--steps and --step-size belong to --attack pgd (the ensemble sets its own budgets)")
+    if args.any_iterate and method != "pgd":
+        raise ValueError("--any-iterate belongs to --attack pgd")
+    return replace(preset.evaluation, method=method, max_examples=args.n, mode="any" if args.any_iterate else "final",
+                   attack=AttackConfig(eps=args.eps if args.eps is not None else attack.eps,
+                                       step_size=args.step_size if args.step_size is not None else attack.step_size,
+                                       steps=args.steps if args.steps is not None else attack.steps))
 
 
 def cmd_evaluate(args) -> None:
-    from .config import AttackConfig, EvalConfig, get_preset
     from .runs import evaluate, load_run
-    preset = get_preset(args.preset)
-    attack = preset.evaluation.attack
-    evaluation = EvalConfig(attack=AttackConfig(eps=args.eps if args.eps is not None else attack.eps,
-                                                step_size=args.step_size if args.step_size is not None else attack.step_size,
-                                                steps=args.steps if args.steps is not None else attack.steps),
-                            max_examples=args.n, mode="any" if args.any_iterate else "final")
-    result = evaluate(load_run(args.run), evaluation, device=args.device)
-    print(json.dumps(result) if args.json else
-          f"clean {100 * result['clean_acc']:.2f} %  robust {100 * result['robust_acc']:.2f} %  ({evaluation.name})")
+    evaluation = _evaluation(args)
+    finished = load_run(args.run)
+    if args.convergence:
+        from .runs import convergence
+        report, text = convergence(finished, evaluation, device=args.device, quick=not args.full)
+        print(json.dumps(report) if args.json else text)
+        return
+    result = evaluate(finished, evaluation, device=args.device)
+    if args.json:
+        print(json.dumps({key: value for key, value in result.items() if key != "broken_by"}))
+        return
+    print(_robust_line(result))
+    for name, left in result.get("after", {}).items():
+        print(f"  robust after {name:<24} {100 * left:6.2f} %")
+    print(f"  recorded as {evaluation.name!r} in {finished.path / 'metrics.json'}")
 
 
 def cmd_runs(args) -> None:
@@ -105,17 +131,17 @@ def _cell(column: str, value) -> str:
     import pandas as pd
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "-"
-    if column.endswith("%"):
+    if "%" in column:
         return f"{value:.1f}"
     if column == "k":
         return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _percent_table(table, columns) -> str:
+def _percent_table(table, columns, **names) -> str:
     """``plots.percent_table`` as text: '-' for missing values, k as an integer, λ and β by their letters."""
     from .plots import percent_table
-    shown = percent_table(table, columns).astype(object)
+    shown = percent_table(table, columns, **names).astype(object)
     for column in shown.columns:
         shown[column] = [_cell(column, value) for value in shown[column]]
     return shown.rename(columns={"lam": "λ", "beta": "β"}).to_string(index=False)
@@ -134,11 +160,15 @@ def cmd_demo(args) -> None:
                           "report": str(result.report) if result.report else None,
                           "seconds": round(result.seconds, 1), "notes": result.notes}, indent=2))
         return
+    names = dict(headline=result.evaluation.short, pgd=result.evaluation.as_pgd().short)
     print("\n".join(result.notes))
     print("\nTeachers on the source task:")
-    print(_percent_table(result.teachers, ["label", "k", "lam", "clean_acc", "robust_acc"]))
+    print(_percent_table(result.teachers, ["label", "k", "lam", "clean_acc", "robust_acc", "pgd_acc"], **names))
     print("\nTransfer to the target task:")
-    print(_percent_table(result.table, ["label", "method", "k", "lam", "beta", "clean_acc", "robust_acc"]))
+    print(_percent_table(result.table, ["label", "method", "k", "lam", "beta", "clean_acc", "robust_acc", "pgd_acc"],
+                         **names))
+    print("\nWhat these numbers say:")
+    print("\n".join(f"- {line}" for line in result.findings))
     if result.report:
         print(f"\nreport: {result.report}")
     print(f"({result.seconds:.0f} s)")
@@ -148,11 +178,15 @@ def cmd_sweep(args) -> None:
     from .experiments import sweep
     table = sweep(args.preset, root=args.runs_dir, device=args.device, ks=args.k, methods=args.method,
                   betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed,
-                  source=args.source, target=args.target, arch=args.arch)
+                  source=args.source, target=args.target, arch=args.arch, pgd=args.pgd)
     if args.json:
         print(json.dumps(_records(table), indent=2))
     else:
-        print(_percent_table(table, ["method", "teacher", "k", "lam", "beta", "bn_case", "clean_acc", "robust_acc"]))
+        from .config import get_preset
+        evaluation = get_preset(args.preset).evaluation
+        print(_percent_table(table, ["method", "teacher", "k", "lam", "beta", "bn_case", "clean_acc", "robust_acc",
+                                     "pgd_acc"], headline=evaluation.short, pgd=evaluation.as_pgd().short))
+        print(f"robust %: {evaluation.label}, ε = {evaluation.attack.eps:.4g}")
 
 
 def cmd_reproduce(args) -> None:
@@ -202,7 +236,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from .config import PRESETS, SOURCE_METHODS, TRANSFER_METHODS
+    from .config import EVAL_METHODS, PRESETS, SOURCE_METHODS, TRANSFER_METHODS
     from .models import ARCHITECTURES
     from .transfer import BN_CASE_ALIASES, BN_CASES
 
@@ -257,15 +291,23 @@ def parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_transfer)
 
-    p = sub.add_parser("evaluate", help="clean and PGD robust accuracy of a finished run")
+    p = sub.add_parser("evaluate", help="clean and robust accuracy of a finished run (default: the preset's ensemble)")
     p.add_argument("run", help="a run folder")
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--step-size", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("-n", type=int, default=None, help="evaluate a seeded random subset of n test examples (default: all)")
+    p.add_argument("--attack", default=None, choices=list(EVAL_METHODS),
+                   help="ensemble: worst case over large-step PGD with restarts, APGD-CE and APGD-T (the preset's "
+                        "headline); pgd: the paper's PGD-k (--steps, --step-size); autoattack: the official standard "
+                        "AutoAttack through pyautoattack")
     p.add_argument("--any-iterate", action="store_true",
-                   help="the fast path: an example counts as broken at its first misclassified PGD iterate and leaves "
-                        "the batch (never a higher robust accuracy than the paper's final-iterate metric)")
+                   help="with --attack pgd, the fast path: an example counts as broken at its first misclassified PGD "
+                        "iterate and leaves the batch (never a higher robust accuracy than the paper's final-iterate metric)")
+    p.add_argument("--convergence", action="store_true",
+                   help="report whether the robust accuracy is converged (steps, step sizes, losses, restarts, a doubled "
+                        "ensemble) and the sanity checks of Carlini et al. (2019); flags gradient masking")
+    p.add_argument("--full", action="store_true", help="with --convergence: the full grid (slow) instead of the quick one")
     common(p, runs=False)
     p.set_defaults(func=cmd_evaluate)
 
@@ -279,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="source dataset (default: the preset's), e.g. cifar10")
     p.add_argument("--target", default=None, help="target dataset (default: the preset's), e.g. svhn")
     p.add_argument("--arch", default=None, choices=list(ARCHITECTURES), help="architecture (default: the preset's)")
+    p.add_argument("--pgd", action="store_true", help="also show robust accuracy under the paper's PGD-k beside the headline")
     common(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .ensemble import EnsembleConfig
 from .losses import check_lambda
 from .models import ARCHITECTURES
 from .neft import check_beta
@@ -23,6 +24,7 @@ from .transfer import BN_CASE_ALIASES, BN_CASES
 
 SOURCE_METHODS = ("at", "fdm")
 TRANSFER_METHODS = ("tl", "neft", "lwf")
+EVAL_METHODS = ("ensemble", "pgd", "autoattack")
 
 
 @dataclass(frozen=True)
@@ -150,22 +152,59 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Robust evaluation: the attack, how many test examples (None: all; n: a seeded random subset), and
-    ``mode``: ``"final"`` (the paper's final-iterate metric) or ``"any"`` (the fast any-iterate path, never
-    higher; see ``evaluate.robust_accuracy``)."""
+    """Robust evaluation: which attack, how many test examples (None: all; n: a seeded random subset).
+
+    ``method``:
+    - ``"ensemble"`` (the kit's headline): the worst case per example over a large-step PGD guard with
+      restarts, APGD-CE and APGD-T, with the budgets of ``ensemble`` (``cartl_kit.ensemble``);
+    - ``"pgd"``: the paper's PGD-k with ``attack``'s step size and steps, and ``mode`` ``"final"`` (the
+      paper's final-iterate metric) or ``"any"`` (the fast any-iterate path, never higher);
+    - ``"autoattack"``: the official AutoAttack, standard version, through ``pyautoattack``.
+
+    ``attack.eps`` is the threat model of every method.
+    """
 
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100))
     max_examples: int | None = None
     mode: str = "final"
+    method: str = "pgd"
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def __post_init__(self) -> None:
         _check_choice("evaluation mode", self.mode, ("final", "any"))
+        _check_choice("evaluation method", self.method, EVAL_METHODS)
+        if self.max_examples is not None and (isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int)
+                                              or self.max_examples < 1):
+            raise ValueError(f"max_examples must be an integer >= 1 or None (all), got {self.max_examples!r}")
 
     @property
     def name(self) -> str:
+        """The key of this evaluation in a run's ``metrics.json``."""
         n = "-nall" if self.max_examples is None else f"-sample{self.max_examples}"
+        if self.method == "ensemble":
+            return f"{self.ensemble.key}-eps{self.attack.eps:.4g}{n}"
+        if self.method == "autoattack":
+            return f"autoattack-standard-eps{self.attack.eps:.4g}{n}"
         mode = "" if self.mode == "final" else f"-{self.mode}"
         return f"pgd{self.attack.steps}-eps{self.attack.eps:.4g}-step{self.attack.step_size:.4g}{n}{mode}"
+
+    @property
+    def label(self) -> str:
+        """The attack's name for tables and prose: ``PGD-20``, ``ensemble (...)`` or ``AutoAttack (standard)``."""
+        if self.method == "ensemble":
+            return self.ensemble.label
+        if self.method == "autoattack":
+            return "AutoAttack (standard)"
+        return f"PGD-{self.attack.steps}" + (" (any iterate)" if self.mode == "any" else "")
+
+    @property
+    def short(self) -> str:
+        """A column-sized name: ``ensemble``, ``PGD-20`` or ``AutoAttack``."""
+        return {"ensemble": "ensemble", "autoattack": "AutoAttack"}.get(self.method, f"PGD-{self.attack.steps}")
+
+    def as_pgd(self) -> "EvalConfig":
+        """The same threat model and examples under the paper's PGD-k (this config's ``attack``)."""
+        return dataclasses.replace(self, method="pgd")
 
 
 def _check_choice(what: str, value, allowed, *, shown=None, extra: tuple = ()) -> None:
@@ -207,6 +246,8 @@ def from_dict(data: dict):
         data["attack"] = AttackConfig(**data["attack"])
     if "optim" in data:
         data["optim"] = OptimConfig(**data["optim"])
+    if "ensemble" in data:
+        data["ensemble"] = EnsembleConfig(**data["ensemble"])
     if "teacher" in data:
         data["teacher"] = from_dict(data["teacher"])
     return _KINDS[kind](**data)
@@ -267,7 +308,7 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick", arch="wrn16_1", source_dataset="mnist5k[0-4]", target_dataset="mnist5k[5-9]",
         train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
-        evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20)),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20), method="ensemble"),
         source_optim=OptimConfig(epochs=6, batch_size=64, milestones=(0.5, 0.75)),
         transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
         k=4, lam=0.01, beta=0.6,
@@ -276,7 +317,9 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",
         train_attack=AttackConfig(eps=0.1, step_size=0.05, steps=2),
-        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.05, steps=3)),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.05, steps=3), method="ensemble",
+                              ensemble=EnsembleConfig(guard_steps=3, guard_restarts=1, apgd_ce_steps=3,
+                                                      apgd_t_steps=2, n_targets=1)),
         source_optim=OptimConfig(epochs=1, batch_size=64, milestones=()),
         transfer_optim=OptimConfig(epochs=1, batch_size=64, base_lr=0.05, warmup_epochs=0, milestones=()),
         k=4, lam=0.01, beta=0.6,
@@ -285,7 +328,9 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper", arch="wrn34_10", source_dataset="cifar100", target_dataset="cifar10",
         train_attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7),
-        evaluation=EvalConfig(attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100)),
+        evaluation=EvalConfig(attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100), method="ensemble",
+                              ensemble=EnsembleConfig(guard_steps=100, guard_restarts=3, apgd_ce_steps=100,
+                                                      apgd_t_steps=100, n_targets=9)),
         source_optim=OptimConfig(), transfer_optim=OptimConfig(),
         k=4, lam=0.005, beta=0.4,
     ),

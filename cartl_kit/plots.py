@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 import plotly.graph_objects as go
 
-PERCENT_COLUMNS = ("clean_acc", "robust_acc")
+PERCENT_COLUMNS = ("clean_acc", "robust_acc", "pgd_acc")
 
 
 def tradeoff_figure(table, *, label: str = "label", color: str | None = "method",
@@ -30,7 +30,7 @@ def tradeoff_figure(table, *, label: str = "label", color: str | None = "method"
     ``table`` needs ``clean_acc`` and ``robust_acc`` (fractions) and a ``label`` column for the marker text;
     rows are grouped into traces by ``color`` when that column exists.
     """
-    missing = [c for c in (*PERCENT_COLUMNS, label) if c not in table.columns]
+    missing = [c for c in ("clean_acc", "robust_acc", label) if c not in table.columns]
     if missing:
         raise ValueError(f"tradeoff_figure needs the column(s) {', '.join(missing)}")
     fig = go.Figure()
@@ -59,13 +59,18 @@ def history_figure(histories: Mapping[str, list[dict]], metric: str = "loss", *,
     return fig
 
 
-def percent_table(table, columns: Iterable[str] | None = None):
-    """A copy of ``table`` (optionally only ``columns``) with accuracies as percent (1 decimal), for display."""
-    shown = table[list(columns)].copy() if columns is not None else table.copy()
+def percent_table(table, columns: Iterable[str] | None = None, *, headline: str | None = None, pgd: str = "PGD"):
+    """A copy of ``table`` (optionally only ``columns``) with accuracies as percent (1 decimal), for display.
+
+    ``headline`` names the attack of ``robust_acc`` in its column ("robust % (ensemble)"); ``pgd`` that of
+    ``pgd_acc`` (e.g. "PGD-20"). Missing columns among ``columns`` are left out.
+    """
+    shown = table[[c for c in columns if c in table.columns]].copy() if columns is not None else table.copy()
     for column in PERCENT_COLUMNS:
         if column in shown.columns:
             shown[column] = (100 * shown[column].astype(float)).round(1)
-    return shown.rename(columns={"clean_acc": "clean %", "robust_acc": "robust %"})
+    robust = f"robust % ({headline})" if headline else "robust %"
+    return shown.rename(columns={"clean_acc": "clean %", "robust_acc": robust, "pgd_acc": f"{pgd} %"})
 
 
 def _table_html(table) -> str:

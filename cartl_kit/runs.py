@@ -325,18 +325,38 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
     if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class
         test = sample(test, evaluation.max_examples)
     test = make_loader(test, batch_size=256, device=device)
-    attack = evaluation.attack
-    result = robust_accuracy(finished.model.to(device).eval(), test, eps=attack.eps, step_size=attack.step_size,
-                             steps=attack.steps, random_start=attack.random_start, device=device, mode=evaluation.mode,
-                             generator=torch.Generator(device=device).manual_seed(0), progress=progress)
+    result = measure(finished.model.to(device).eval(), test, evaluation, device=device, progress=progress)
     finished.model.cpu()
     if save is None:
         save = not is_shipped(finished.path)
     if not save:
-        return result.as_dict()
-    finished.metrics[evaluation.name] = result.as_dict()
+        return result
+    finished.metrics[evaluation.name] = result
     write_json(finished.path / "metrics.json", finished.metrics)
     return finished.metrics[evaluation.name]
+
+
+def measure(model, loader, evaluation: EvalConfig, *, device=None, progress: bool = True, seed: int = 0) -> dict:
+    """Clean and robust accuracy of ``model`` (eval mode) over ``loader`` under ``evaluation``'s method, as the
+    dict ``metrics.json`` stores: ``clean_acc``, ``robust_acc``, ``n``, ``method``, ``label`` (the attack's
+    name) and the method's details (for the ensemble, the accuracy left after each attack and which attack
+    broke each example). Random starts are seeded with ``seed``.
+    """
+    attack = evaluation.attack
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if evaluation.method == "ensemble":
+        from .ensemble import ensemble_accuracy
+        result = ensemble_accuracy(model, loader, eps=attack.eps, config=evaluation.ensemble, device=device,
+                                   generator=generator, progress=progress).as_dict()
+    elif evaluation.method == "autoattack":
+        from .autoattack import autoattack_accuracy
+        images, labels = map(torch.cat, zip(*[(x, y) for x, y in loader]))
+        result = autoattack_accuracy(model, images.to(device), labels.to(device), eps=attack.eps, seed=seed)
+    else:
+        result = robust_accuracy(model, loader, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                                 random_start=attack.random_start, device=device, mode=evaluation.mode,
+                                 generator=generator, progress=progress).as_dict()
+    return {**result, "method": evaluation.method, "label": evaluation.label}
 
 
 def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = True):
@@ -352,5 +372,6 @@ def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = 
             flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
             flat.update({"run": folder.name, "path": str(folder), "shipped": base == SHIPPED_RUNS})
             for name, result in (metrics or {"": {}}).items():
-                rows.append({**flat, "evaluation": name or None, **result})
+                shown = {key: value for key, value in result.items() if key not in ("broken_by", "config", "after")}
+                rows.append({**flat, "evaluation": name or None, **shown})
     return pd.DataFrame(rows)
