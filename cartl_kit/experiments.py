@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
-from .runs import SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_root
+from .runs import CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_root
 
 # The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
 SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = {
@@ -62,6 +62,9 @@ def evaluate_row(finished: Run, evaluation: EvalConfig, *, device=None, progress
     ``attack``); with ``pgd``, also ``pgd_acc``: its robust accuracy under ``evaluation.as_pgd()`` (the
     paper's PGD-k), so a table can show where the weaker attack overstates robustness."""
     row = _row(finished, evaluate(finished, evaluation, device=device, progress=progress), **extra)
+    report = finished.metrics.get(CONVERGENCE_PREFIX + evaluation.name)
+    if report is not None:  # a convergence report exists: its verdict travels with the number
+        row["checks"] = "converged" if report["converged"] else "; ".join(report["flags"]) or "not converged"
     if pgd and evaluation.method != "pgd":
         row["pgd_acc"] = evaluate(finished, evaluation.as_pgd(), device=device, progress=progress)["robust_acc"]
     return row

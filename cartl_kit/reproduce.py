@@ -425,6 +425,18 @@ def _markdown_table(frame) -> str:
     return "\n".join([header, rule, *lines])
 
 
+def _attack_words(evaluation) -> str:
+    """The evaluation's attack in words, for the report's setting line."""
+    eps = f"ε = {evaluation.attack.eps:.4g}"
+    if evaluation.method == "ensemble":
+        return (f"the {evaluation.label}, {eps}: the worst case per example, an example robust only if no attack "
+                "breaks it")
+    if evaluation.method == "autoattack":
+        return f"{evaluation.label}, {eps}"
+    return (f"{evaluation.label} ({eps}, step {evaluation.attack.step_size:.4g}, random start, "
+            f"{'final' if evaluation.mode == 'final' else 'any'} iterate)")
+
+
 def write_markdown(result: Reproduction, path: Path) -> Path:
     """The report: command, machine, date, run time; the five tables beside the paper's; the claims; the
     full-scale recipes. Written atomically (complete or absent)."""
@@ -441,8 +453,7 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
              f"{result.teachers_trained} of {result.teachers} teachers trained)",
              f"- setting: {preset.arch}, source `{preset.source_dataset}` → target `{preset.target_dataset}`; "
              f"training PGD-{preset.train_attack.steps} ε = {preset.train_attack.eps:.4g}; robust accuracy under "
-             f"PGD-{preset.evaluation.attack.steps} (ε = {preset.evaluation.attack.eps:.4g}, step "
-             f"{preset.evaluation.attack.step_size:.4g}, random start, final iterate) on the target's test split; "
+             f"{_attack_words(preset.evaluation)} on the target's test split; "
              f"seeds {', '.join(map(str, plan.seeds))}",
              "- cells: clean / robust accuracy in %, mean ± standard deviation over the seeds.", "",
              "## The paper's claims, judged here", "",
@@ -464,7 +475,7 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
               f"- Data and scale: `{preset.source_dataset}` → `{preset.target_dataset}` with {preset.arch} "
               f"(L = {ARCHITECTURES[preset.arch].num_blocks}) instead of CIFAR with WRN-34-10 (L = 17) or WRN-28-4; "
               f"{preset.source_optim.epochs} source and {preset.transfer_optim.epochs} transfer epochs instead of 100; "
-              f"PGD-{preset.evaluation.attack.steps} instead of PGD-100. The k values are this architecture's "
+              f"{preset.evaluation.short} instead of the paper's PGD-100 (foolbox, step ε/4). The k values are this architecture's "
               f"(the paper's k = 4 / 6 / 8 of 17 blocks correspond roughly to k = 2 / 3 / 4 of 8).",
               f"- The FDM teachers are trained for the k of the student they feed (CARTL's pairing), λ ∈ "
               f"{{{', '.join(f'{x:g}' for x in plan.lams)}}}; the ablation and the baselines use λ = "

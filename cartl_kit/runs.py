@@ -34,6 +34,7 @@ from .transfer import make_student
 RUNS_ENV_VAR = "CARTL_RUNS"
 SHIPPED_RUNS = Path(__file__).resolve().parent.parent / "data" / "runs"  # finished runs that ship with the kit
 MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
+CONVERGENCE_PREFIX = "convergence-"  # metrics.json key of a convergence report: the prefix + the evaluation's name
 
 Config = SourceConfig | TransferConfig
 
@@ -359,6 +360,35 @@ def measure(model, loader, evaluation: EvalConfig, *, device=None, progress: boo
     return {**result, "method": evaluation.method, "label": evaluation.label}
 
 
+def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bool = True, n: int | None = None,
+                save: bool | None = None) -> tuple[dict, str]:
+    """The convergence and sanity report (``convergence.convergence_report``) of a run's headline evaluation.
+
+    It attacks a seeded random sample of the run's test split (``n``; default ``evaluation.max_examples``,
+    else 200 with ``quick`` and 500 without) with the grid of attacks, ``evaluation``'s ensemble and the same
+    ensemble doubled, and records the result in ``metrics.json`` under ``"convergence-" + evaluation.name``
+    (unless the run is shipped, or ``save=False``), where every table that shows the run finds its flags.
+    Returns the report as a dict and as text.
+    """
+    from .convergence import convergence_report, format_report
+    device = torch.device(device) if device is not None else default_device()
+    test = _data(finished.config.dataset, "test")
+    size = n or evaluation.max_examples or (200 if quick else 500)
+    test = sample(test, min(size, len(test)))
+    images = (test.images.float() / 255 if test.images.dtype == torch.uint8 else test.images).to(device)
+    model = finished.model.to(device).eval()
+    report = convergence_report(model, images, test.labels.to(device), eps=evaluation.attack.eps,
+                                config=evaluation.ensemble, quick=quick)
+    finished.model.cpu()
+    data = report.as_dict()
+    if save is None:
+        save = not is_shipped(finished.path)
+    if save:
+        finished.metrics[CONVERGENCE_PREFIX + evaluation.name] = data
+        write_json(finished.path / "metrics.json", finished.metrics)
+    return data, format_report(report)
+
+
 def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = True):
     """A pandas DataFrame with one row per (finished run, evaluation): flattened config fields and metrics."""
     import pandas as pd
@@ -372,6 +402,8 @@ def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = 
             flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
             flat.update({"run": folder.name, "path": str(folder), "shipped": base == SHIPPED_RUNS})
             for name, result in (metrics or {"": {}}).items():
+                if name.startswith(CONVERGENCE_PREFIX):
+                    continue
                 shown = {key: value for key, value in result.items() if key not in ("broken_by", "config", "after")}
                 rows.append({**flat, "evaluation": name or None, **shown})
     return pd.DataFrame(rows)
