@@ -8,12 +8,17 @@ Importing the kit changes nothing (no seeding, no device work). The engine's pub
 - NEFT: ``apply_neft``, ``remove_neft``, ``neft_report``
 - transfer: ``make_student``, ``BN_CASES``, ``trainable_summary``
 - training: ``fit``, ``natural_step``, ``adversarial_step``, ``fdm_step``, ``lwf_step``, ``lr_at``
-- evaluation: ``accuracy``, ``robust_accuracy``, ``EvalResult``, ``check_model``, ``compare_precision``
+- strong attacks: ``apgd``, ``apgd_targeted`` (Croce & Hein's APGD with CE / targeted DLR losses)
+- evaluation: ``ensemble_accuracy`` (the headline: worst case over a large-step PGD guard, APGD-CE and
+  APGD-T), ``EnsembleConfig``, ``worst_case``; ``accuracy``, ``robust_accuracy`` (the paper's PGD-k),
+  ``EvalResult``, ``check_model``, ``compare_precision``
 - speed switches (bf16 autocast, cuDNN autotuner): ``cartl_kit.speed``
 - utilities: ``seed_everything``, ``default_device``
 """
 
+from .apgd import apgd, apgd_targeted
 from .attacks import fgsm, pgd_linf, pgd_linf_any
+from .ensemble import EnsembleConfig, EnsembleResult, ensemble_accuracy, worst_case
 from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, compare_precision, robust_accuracy
 from .losses import fdm_loss, lwf_loss
 from .models import ARCHITECTURES, WideResNet, blocks, create_model, set_half_residual
@@ -23,10 +28,10 @@ from .train import (adversarial_step, default_device, fdm_step, fit, lr_at, lwf_
 from .transfer import BN_CASES, FrozenBatchNorm2d, get_bn_case, make_student, trainable_summary
 
 __all__ = [
-    "ARCHITECTURES", "BN_CASES", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
-    "accuracy", "adversarial_step", "apply_neft", "blocks", "check_model", "compare_precision", "conv_operator_norm",
-    "create_model", "default_device", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
+    "ARCHITECTURES", "BN_CASES", "EnsembleConfig", "EnsembleResult", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
+    "accuracy", "adversarial_step", "apgd", "apgd_targeted", "apply_neft", "blocks", "check_model", "compare_precision", "conv_operator_norm",
+    "create_model", "default_device", "ensemble_accuracy", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
     "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "pgd_linf_any", "remove_neft",
-    "robust_accuracy", "seed_everything", "set_half_residual", "trainable_summary",
+    "robust_accuracy", "seed_everything", "set_half_residual", "trainable_summary", "worst_case",
 ]
 __version__ = "0.1.0"

@@ -365,7 +365,7 @@ def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bo
     """The convergence and sanity report (``convergence.convergence_report``) of a run's headline evaluation.
 
     It attacks a seeded random sample of the run's test split (``n``; default ``evaluation.max_examples``,
-    else 200 with ``quick`` and 500 without) with the grid of attacks, ``evaluation``'s ensemble and the same
+    else 100 with ``quick`` and 500 without) with the grid of attacks, ``evaluation``'s ensemble and the same
     ensemble doubled, and records the result in ``metrics.json`` under ``"convergence-" + evaluation.name``
     (unless the run is shipped, or ``save=False``), where every table that shows the run finds its flags.
     Returns the report as a dict and as text.
@@ -373,7 +373,7 @@ def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bo
     from .convergence import convergence_report, format_report
     device = torch.device(device) if device is not None else default_device()
     test = _data(finished.config.dataset, "test")
-    size = n or evaluation.max_examples or (200 if quick else 500)
+    size = n or evaluation.max_examples or (100 if quick else 500)
     test = sample(test, min(size, len(test)))
     images = (test.images.float() / 255 if test.images.dtype == torch.uint8 else test.images).to(device)
     model = finished.model.to(device).eval()

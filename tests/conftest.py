@@ -11,6 +11,12 @@ from cartl_kit.data import as_float, load_dataset
 EPS = 0.1  # attack radius for the 8x8 digits (pixel units)
 
 
+def pytest_configure(config):
+    """Register the ``slow`` marker (tests that take more than about 15 s) unless the configuration already does."""
+    if not any(line.split(":")[0].strip() == "slow" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "slow: takes more than about 15 s (deselect with -m 'not slow')")
+
+
 class Batches:
     """Minimal re-iterable loader over tensors (seeded shuffling)."""
 

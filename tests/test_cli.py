@@ -97,3 +97,30 @@ def test_evaluate_any_iterate_is_its_own_evaluation_and_never_higher(cli):
     assert EvalConfig(attack=AttackConfig(eps=0.4, step_size=0.1, steps=5), mode="any").name.endswith("-any")
     with pytest.raises(ValueError, match="evaluation mode"):
         EvalConfig(mode="best")
+
+
+def test_evaluate_names_its_attack_and_the_convergence_report_refuses_a_weak_ensemble(cli, tmp_path):
+    """The strong evaluation's CLI on the shipped teachers, with the smoke preset's tiny ensemble to stay fast: the
+    headline names its attack and the accuracy left after each attack; --convergence finds that this tiny
+    ensemble is not converged on the masked FDM teacher (large-step PGD beats it) and stores the verdict."""
+    import shutil
+    from pathlib import Path
+    shipped = Path(__file__).resolve().parent.parent / "data" / "runs"
+    at, fdm = (next(shipped.glob(pattern)) for pattern in ("at-wrn16_1-*", "fdm-k4-lam0.01-*"))
+    copy = tmp_path / fdm.name  # a copy the CLI may write to (shipped runs stay read-only)
+    shutil.copytree(fdm, copy)
+    out = cli("evaluate", str(at), "--preset", "smoke", "--eps", "0.3", "-n", "40")
+    assert out.returncode == 0, out.stderr
+    assert "attack: ensemble (PGD-3x1 step=eps, APGD-CE-3, APGD-T-2x1), n = 40" in out.stdout
+    assert "robust after APGD-T-2x1" in out.stdout
+    report = cli("evaluate", str(copy), "--preset", "smoke", "--eps", "0.3", "-n", "40", "--convergence")
+    assert report.returncode == 0, report.stderr
+    assert "Verdict: NOT converged" in report.stdout
+    assert re.search(r"not converged: PGD-CE-\d+ step=eps \([\d.]+ %\) beats the headline ensemble", report.stdout)
+    stored = json.loads((copy / "metrics.json").read_text())
+    key = "convergence-ens-g3x1-ce3-t2x1-eps0.3-sample40"
+    assert key in stored and not stored[key]["converged"] and stored[key]["flags"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(at), "--attack", "bogus"])
+    bad = cli("evaluate", str(at), "--attack", "ensemble", "--steps", "5")
+    assert bad.returncode == 2 and "--steps and --step-size belong to --attack pgd" in bad.stderr

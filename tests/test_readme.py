@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cartl_kit import config as cfg
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,8 +31,8 @@ def test_the_example_runs_and_prints_its_table():
     rows = [line.split() for line in out.strip().splitlines()[1:]]
     assert [row[0] for row in rows] == ["vanilla", "NEFT", "CARTL"]
     for row in rows:
-        clean, robust = float(row[3]), float(row[4])
-        assert 0 <= robust <= clean <= 100
+        clean, robust, pgd = float(row[3]), float(row[4]), float(row[5])
+        assert 0 <= robust <= clean <= 100 and robust <= pgd + 1.0  # the ensemble is never much weaker than PGD-20
         assert clean > 20  # better than chance (5 classes)
 
 
@@ -47,7 +49,9 @@ def test_make_demo_is_the_main_job_and_reproduces_the_readmes_table(tmp_path):
     assert all(teacher["shipped"] for teacher in out["teachers"])
     readme = (ROOT / "README.md").read_text()
     for student in out["students"]:
-        line = re.search(rf"^\s*{re.escape(student['label'])} .* ([\d.]+)\s+([\d.]+)$", readme, re.M)
+        line = re.search(rf"^\s*{re.escape(student['label'])} .* ([\d.]+)\s+([\d.]+)\s+([\d.]+)$", readme, re.M)
         assert line, f"README.md has no demo row for {student['label']}"
+        assert student["attack"] == cfg.get_preset("quick").evaluation.label
         assert abs(float(line.group(1)) - 100 * student["clean_acc"]) <= 1.0
-        assert abs(float(line.group(2)) - 100 * student["robust_acc"]) <= 1.0
+        assert abs(float(line.group(2)) - 100 * student["robust_acc"]) <= 1.0  # the ensemble
+        assert abs(float(line.group(3)) - 100 * student["pgd_acc"]) <= 1.0  # PGD-20 beside it
