@@ -139,12 +139,15 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy(config):
     assert (path / "model.pt").stat().st_size < 1_000_000
     finished = runs.load_run(path)
     headline = cfg.get_preset("quick").evaluation
-    strong = finished.metrics[headline.name]
-    assert strong["method"] == "ensemble" and strong["label"] == headline.label and len(strong["broken_by"]) == strong["n"]
-    assert strong["robust_acc"] == sum(b == "" for b in strong["broken_by"]) / strong["n"]
     evaluation = headline.as_pgd()
     recorded = finished.metrics[evaluation.name]
-    assert strong["robust_acc"] <= recorded["robust_acc"] and strong["clean_acc"] == recorded["clean_acc"]
+    demo_teachers = {c.slug for c in (cfg.get_preset("quick").source("at"), cfg.get_preset("quick").source("fdm"))}
+    if config.slug in demo_teachers or headline.name in finished.metrics:  # the demo's two always ship it
+        strong = finished.metrics[headline.name]
+        assert strong["method"] == "ensemble" and strong["label"] == headline.label
+        assert len(strong["broken_by"]) == strong["n"] == recorded["n"]
+        assert strong["robust_acc"] == sum(b == "" for b in strong["broken_by"]) / strong["n"]
+        assert strong["robust_acc"] <= recorded["robust_acc"] and strong["clean_acc"] == recorded["clean_acc"]
     again = runs.evaluate(finished, evaluation, device="cpu", progress=False, cached=False)
     assert again["n"] == recorded["n"]
     assert abs(again["clean_acc"] - recorded["clean_acc"]) <= 0.01
