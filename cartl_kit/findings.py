@@ -77,3 +77,180 @@ def demo_findings(table, *, headline: str, pgd: str) -> list[str]:
     if cartl and "NEFT" in labels:
         lines.append(claim_beside("the FDM teacher adds robustness on top of NEFT (CARTL)", table, cartl, "NEFT"))
     return lines
+
+
+# --- helpers for the notebooks: comparisons, trends and groups, each stated with its numbers and its noise ---
+
+def _se_points(a: float, b: float, n: int | None) -> float | None:
+    """A rough standard error of the difference ``a - b`` of two accuracies on ``n`` test images, in points."""
+    if not n:
+        return None
+    return 100 * ((a * (1 - a) + b * (1 - b)) / n) ** 0.5
+
+
+def _noise(a: float, b: float, n: int | None) -> str:
+    """``, beyond noise (2 s.e. ≈ 4.4)`` or ``, within noise (...)`` for the difference of two accuracies measured
+    on ``n`` test images (empty when ``n`` is unknown)."""
+    se = _se_points(a, b, n)
+    if se is None or abs(a - b) < 1e-12:
+        return ""
+    return f", {'beyond' if abs(100 * (a - b)) > 2 * se else 'within'} noise (2 s.e. ≈ {2 * se:.1f})"
+
+
+def _n(row: dict) -> int | None:
+    n = row.get("n")
+    try:
+        return int(n) if n == n and n is not None else None  # NaN-safe
+    except (TypeError, ValueError):
+        return None
+
+
+def versus(table, baseline: str, *, headline: str = "the ensemble", pgd: str = "PGD-20",
+           label: str = "label") -> list[str]:
+    """Every row against the row labelled ``baseline``: the difference in robust accuracy (under ``headline``,
+    and under ``pgd`` when the rows carry ``pgd_acc``) and in clean accuracy, each in points with whether it
+    exceeds two rough standard errors of the difference on the rows' ``n`` test images.
+
+    Example:
+        >>> versus(table, "vanilla TL", headline="ensemble")
+        ['NEFT against vanilla TL: robust (ensemble) 52.0 % vs 47.4 % (+4.6 points, within noise (2 s.e. ≈ 6.3)); ...']
+    """
+    rows = _records(table)
+    base = next(r for r in rows if r[label] == baseline)
+    columns = [("robust_acc", f"robust ({headline})")]
+    if "pgd_acc" in base:
+        columns.append(("pgd_acc", f"robust ({pgd})"))
+    columns.append(("clean_acc", "clean"))
+    lines = []
+    for row in rows:
+        if row[label] == baseline:
+            continue
+        n = _n(row) if _n(row) == _n(base) else None
+        parts = [f"{name} {_pct(row[c])} vs {_pct(base[c])} ({100 * (row[c] - base[c]):+.1f} points"
+                 f"{_noise(row[c], base[c], n)})" for c, name in columns if c in row]
+        lines.append(f"{row[label]} against {baseline}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def trend(table, x: str, column: str = "robust_acc", *, name: str = "robust accuracy", x_name: str | None = None) -> str:
+    """How ``column`` moves as ``x`` grows: every value, then whether it falls at every step, rises at every
+    step or goes both ways, and the change from the first to the last value with its noise.
+
+    Example:
+        >>> trend(table, "k", name="robust accuracy (ensemble)")
+        'robust accuracy (ensemble) against k: 1 → 60.0 %, 2 → 55.1 %, 4 → 47.2 %: it falls at every step; ...'
+    """
+    rows = sorted(_records(table), key=lambda r: r[x])
+    x_name = x_name or x
+    values = ", ".join(f"{r[x]:g} → {_pct(r[column])}" if isinstance(r[x], (int, float)) else f"{r[x]} → {_pct(r[column])}"
+                       for r in rows)
+    text = f"{name} against {x_name}: {values}"
+    if len(rows) < 2:
+        return text + "."
+    steps = [b[column] - a[column] for a, b in zip(rows, rows[1:])]
+    if all(s < 0 for s in steps):
+        shape = "it falls at every step"
+    elif all(s > 0 for s in steps):
+        shape = "it rises at every step"
+    elif all(abs(s) < 1e-9 for s in steps):
+        shape = "it does not change"
+    else:
+        shape = (f"it is not monotonic ({sum(s > 0 for s in steps)} step(s) up, {sum(s < 0 for s in steps)} down"
+                 + (f", {sum(abs(s) < 1e-9 for s in steps)} flat" if any(abs(s) < 1e-9 for s in steps) else "") + ")")
+    first, last = rows[0], rows[-1]
+    n = _n(first) if _n(first) == _n(last) else None
+    return (f"{text}: {shape}; from {x_name} = {first[x]:g} to {last[x]:g} it changes by "
+            f"{100 * (last[column] - first[column]):+.1f} points{_noise(last[column], first[column], n)}.")
+
+
+def group_ranges(table, groups: dict, column: str = "robust_acc", *, name: str = "robust accuracy",
+                 by: str = "group", label: str = "label") -> str:
+    """``column`` per group of rows (``groups`` maps a row's label to its group): each group's range, and
+    whether the ranges overlap (if not, the grouping alone separates the rows).
+
+    Example:
+        >>> group_ranges(table, {"train-update": "update", "freeze-reuse": "reuse", ...}, by="extractor statistics")
+        'robust accuracy by extractor statistics: update 1.2–2.0 %, reuse 47.0–48.4 %; the ranges do not overlap
+        (the closest values of two groups differ by 45.0 points, beyond noise (2 s.e. ≈ 4.6)).'
+    """
+    values: dict[str, list[float]] = {}
+    sizes = set()
+    for row in _records(table):
+        if row[label] in groups:
+            values.setdefault(groups[row[label]], []).append(row[column])
+            sizes.add(_n(row))
+    spans = {g: (min(v), max(v)) for g, v in values.items()}
+    parts = [f"{g} {_pct(lo)}" if abs(hi - lo) < 1e-9 else f"{g} {100 * lo:.1f}–{_pct(hi)}" for g, (lo, hi) in spans.items()]
+    ordered = sorted(spans.values())
+    gaps = [(b[0] - a[1], a[1], b[0]) for a, b in zip(ordered, ordered[1:])]
+    if not gaps or any(gap <= 0 for gap, _, _ in gaps):
+        return f"{name} by {by}: " + ", ".join(parts) + ("; the ranges overlap." if gaps else ".")
+    gap, below, above = min(gaps)
+    n = sizes.pop() if len(sizes) == 1 else None
+    return (f"{name} by {by}: " + ", ".join(parts) + f"; the ranges do not overlap (the closest values of two groups "
+            f"differ by {100 * gap:.1f} points{_noise(above, below, n)}).")
+
+
+def claim_most(claim: str, table, expected: str, *, column: str = "robust_acc", name: str = "robust accuracy",
+               label: str = "label") -> str:
+    """The paper's claim "``expected`` has the highest ``column``" beside the measured ordering."""
+    rows = sorted(_records(table), key=lambda r: -r[column])
+    top = rows[0]
+    mine = next(r for r in rows if r[label] == expected)
+    if mine is top or abs(mine[column] - top[column]) < 1e-9:
+        verdict = "shows here"
+        runner = next((r for r in rows if r is not mine), None)
+        n = _n(mine) if runner is not None and _n(mine) == _n(runner) else None
+        if runner is not None and "within" in _noise(mine[column], runner[column], n):
+            verdict += f", but {expected} leads {runner[label]} by less than the noise{_noise(mine[column], runner[column], n)[len(', within noise'):]}"
+    else:
+        verdict = f"does not show here: {top[label]} is highest ({_pct(top[column])}), {expected} has {_pct(mine[column])}"
+    return f"Paper: {claim}. Measured {name}: {ordering(rows, column, label=label)} — the claim {verdict}."
+
+
+def change(what: str, before_name: str, before: float, after_name: str, after: float, *, digits: int = 3) -> str:
+    """``what``: ``before_name`` 0.640 → ``after_name`` 0.160 (×0.25): a measured change stated with its ratio."""
+    ratio = f" (×{after / before:.2f})" if before else ""
+    return f"{what}: {before_name} {before:.{digits}f} → {after_name} {after:.{digits}f}{ratio}."
+
+
+def same_order(table, first: str, second: str, *, first_name: str | None = None, second_name: str | None = None,
+               ascending_first: bool = False, ascending_second: bool = False, label: str = "label") -> str:
+    """Whether ordering the rows by ``first`` and by ``second`` gives the same order (each highest first unless
+    ``ascending_*``), with both orders stated."""
+    rows = _records(table)
+    def order(column, ascending):
+        return [r[label] for r in sorted(rows, key=lambda r: r[column] if ascending else -r[column])]
+    a, b = order(first, ascending_first), order(second, ascending_second)
+    a_name = (first_name or first) + (" (lowest first)" if ascending_first else " (highest first)")
+    b_name = (second_name or second) + (" (lowest first)" if ascending_second else " (highest first)")
+    verdict = "the two orders are the same" if a == b else (
+        "the two orders differ" + ("" if a[0] != b[0] else f", though both put {a[0]} first"))
+    return f"By {a_name}: {', '.join(a)}. By {b_name}: {', '.join(b)}. {verdict[0].upper() + verdict[1:]}."
+
+
+def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "robust_acc",
+                  label: str = "label") -> str:
+    """Like ``claim_beside`` (the paper's claim "``better`` > ``worse`` in ``column``" beside the measured
+    numbers), with the difference's noise: a claim that holds only by less than two rough standard errors
+    is said to show "within noise", not to hold.
+
+    Example:
+        >>> claim_checked("CARTL is more robust than vanilla transfer", table, "CARTL", "vanilla")
+        'Paper: CARTL is more robust than vanilla transfer. Measured: CARTL 52.0 %, vanilla 47.4 % (+4.6 points,
+        within noise (2 s.e. ≈ 6.3)) — the direction shows here, but within noise.'
+    """
+    rows = {r[label]: r for r in _records(table)}
+    a, b = rows[better], rows[worse]
+    n = _n(a) if _n(a) == _n(b) else None
+    noise = _noise(a[column], b[column], n)
+    diff = a[column] - b[column]
+    if abs(diff) < 1e-9:
+        verdict = "the claim does not show here (a tie)"
+    elif "within noise" in noise:
+        verdict = ("the direction shows here, but within noise" if diff > 0
+                   else "the claim does not show here, though the opposite is within noise too")
+    else:
+        verdict = "the claim shows here" if diff > 0 else "the claim does not show here"
+    return (f"Paper: {claim}. Measured: {better} {_pct(a[column])}, {worse} {_pct(b[column])} "
+            f"({100 * diff:+.1f} points{noise}) — {verdict}.")

@@ -82,7 +82,7 @@ def _finished(config) -> dict:
 
 def test_papermill_quickstart_with_another_lambda(tmp_path):
     from cartl_kit.config import get_preset
-    preset = get_preset("quick")
+    preset = get_preset("quick").with_eval_examples(100)  # the notebooks evaluate a 100-image sample in quick mode
     _papermill(_notebook("00_quickstart"), tmp_path / "out.ipynb", LAMBDA=0.003, RUNS_DIR=str(SHARED_RUNS))
     cartl = preset.transfer(preset.source("fdm", k=4, lam=0.003), "neft", k=4, beta=0.6)
     assert preset.evaluation.name in _finished(cartl)
@@ -98,7 +98,7 @@ def test_papermill_adversarial_training_with_another_attack(tmp_path):
 
 def test_papermill_fdm_with_one_lambda(tmp_path):
     from cartl_kit.config import get_preset
-    preset = get_preset("quick")
+    preset = get_preset("quick").with_eval_examples(100)  # the notebooks evaluate a 100-image sample in quick mode
     _papermill(_notebook("03_fdm"), tmp_path / "out.ipynb", LAMBDA=0.03, LAMBDAS=[0.03], RUNS_DIR=str(SHARED_RUNS))
     cartl = preset.transfer(preset.source("fdm", k=4, lam=0.03), "neft", k=4, beta=0.6)
     assert preset.evaluation.name in _finished(cartl)
@@ -108,7 +108,7 @@ def test_papermill_fdm_with_one_lambda(tmp_path):
 
 def test_papermill_neft_with_one_beta(tmp_path):
     from cartl_kit.config import get_preset
-    preset = get_preset("quick")
+    preset = get_preset("quick").with_eval_examples(100)  # the notebooks evaluate a 100-image sample in quick mode
     _papermill(_notebook("04_neft"), tmp_path / "out.ipynb", BETA=1.0, BETAS=[1.0], RUNS_DIR=str(SHARED_RUNS))
     assert preset.evaluation.name in _finished(preset.transfer(preset.source("at"), "neft", k=4, beta=1.0))
     text = _output_text(tmp_path / "out.ipynb")
@@ -122,7 +122,7 @@ def test_papermill_batchnorm_with_another_panel_case(tmp_path):
 
 def test_papermill_baselines_with_another_small_size(tmp_path):
     from cartl_kit.config import get_preset
-    preset = get_preset("quick")
+    preset = get_preset("quick").with_eval_examples(100)  # the notebooks evaluate a 100-image sample in quick mode
     _papermill(_notebook("06_cartl_vs_baselines"), tmp_path / "out.ipynb", PER_CLASS=10, RUNS_DIR=str(SHARED_RUNS))
     small = f"{preset.target_dataset}@10/class"
     cartl = preset.transfer(preset.source("fdm", k=4, lam=0.01), "neft", k=4, beta=0.6, dataset=small)
