@@ -64,7 +64,9 @@ def claim_beside(claim: str, table, better: str, worse: str, *, column: str = "r
     rows = {r[label]: r for r in _records(table)}
     a, b = rows[better][column], rows[worse][column]
     verdict = "shows here" if a > b else ("ties here" if abs(a - b) < 1e-9 else "does not show here")
-    return (f"Paper: {claim}. Measured: {better} {_pct(a)}, {worse} {_pct(b)} — the claim {verdict}.")
+    n = _n(rows[better]) if _n(rows[better]) == _n(rows[worse]) else None
+    return (f"Paper: {claim}. Measured: {better} {_pct(a)}, {worse} {_pct(b)} — the claim {verdict}"
+            f"{_noise(a, b, n)}.")
 
 
 def demo_findings(table, *, headline: str, pgd: str) -> list[str]:
