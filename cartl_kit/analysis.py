@@ -211,7 +211,7 @@ def distance_figure(distances: Mapping[str, torch.Tensor], *, title: str = "How 
 
 
 _ROW_COLUMNS = ("method", "teacher", "k", "lam", "beta")
-_HIDDEN_COLUMNS = {"label", "run", "n", "shipped", "bn_case", "lwf_lam", "clean_acc", "robust_acc"}
+_HIDDEN_COLUMNS = {"label", "run", "n", "shipped", "bn_case", "lwf_lam", "clean_acc", "robust_acc", "pgd_acc", "attack", "pgd_attack"}
 
 
 def results_table(rows: Iterable[Mapping]):
@@ -237,5 +237,10 @@ def results_table(rows: Iterable[Mapping]):
     frame = frame.drop_duplicates(subset="run", keep="first") if "run" in frame else frame
     columns = [c for c in _ROW_COLUMNS if c in frame] + [c for c in frame if c not in _HIDDEN_COLUMNS and c not in _ROW_COLUMNS]
     from .plots import percent_table
-    columns += ["clean_acc", "robust_acc"]
-    return percent_table(frame.set_index("label") if "label" in frame else frame, columns)
+    columns += ["clean_acc", "robust_acc"] + (["pgd_acc"] if "pgd_acc" in frame else [])
+    names = {}
+    if "attack" in frame and frame["attack"].nunique() == 1:  # name the attack in the column, once
+        label = str(frame["attack"].iloc[0])
+        names = {"headline": "ensemble" if label.startswith("ensemble") else label}
+    return percent_table(frame.set_index("label") if "label" in frame else frame, columns, **names,
+                         pgd=str(frame["pgd_attack"].iloc[0]) if "pgd_attack" in frame else "PGD")

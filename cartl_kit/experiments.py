@@ -67,6 +67,7 @@ def evaluate_row(finished: Run, evaluation: EvalConfig, *, device=None, progress
         row["checks"] = "converged" if report["converged"] else "; ".join(report["flags"]) or "not converged"
     if pgd and evaluation.method != "pgd":
         row["pgd_acc"] = evaluate(finished, evaluation.as_pgd(), device=device, progress=progress)["robust_acc"]
+        row["pgd_attack"] = evaluation.as_pgd().label
     return row
 
 
