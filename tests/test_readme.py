@@ -42,7 +42,7 @@ def test_make_demo_is_the_main_job_and_reproduces_the_readmes_table(tmp_path):
     report = tmp_path / "report.html"
     done = subprocess.run([sys.executable, "-m", "cartl_kit", "demo", "--json", "--runs-dir", str(tmp_path / "runs"),
                            "--report", str(report), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          capture_output=True, text=True, timeout=2400, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     out = __import__("json").loads(done.stdout)
     assert out["report"] == str(report) and report.exists()
