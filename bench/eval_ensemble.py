@@ -14,6 +14,8 @@ the source test split (500 = all of it), one batch for every candidate. eps 0.3 
 - kit PGD-20: `cartl_kit.attacks.pgd_linf_any`, step 0.04, random start (the kit's fast PGD evaluation).
 
 Per model, the candidates alternate (A B C A B C ...) after a warm-up of the kit's PGD on 32 images.
+Besides wall and CPU seconds, it counts the images each candidate passes through the model (a forward
+pre-hook): the work, which the load of a shared machine does not change.
 Every repetition r draws new random starts (kit generators and pyautoattack's seed set to r). Prints
 the table (median seconds, robust accuracy: mean over the repetitions with the range, the ratios
 pyautoattack / ensemble and ensemble / PGD-20) and writes bench/results/eval_ensemble.json.
@@ -74,26 +76,41 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tu
         robust[PGD].append((correct & ~broken).float().mean().item())
 
     pgd_linf_any(model, x[:32], y[:32], eps=EPS, step_size=PGD_STEP, steps=2)  # warm-up
+    # The work, independent of the machine's load: images passed through the model (a forward pre-hook;
+    # an attack step is one forward and one input-gradient backward, the checks are forwards only).
+    seen = {"images": 0}
+    hook = model.register_forward_pre_hook(lambda module, args: seen.__setitem__("images", seen["images"] + len(args[0])))
     candidates = {ENSEMBLE: ensemble, AUTOATTACK: autoattack, PGD: pgd}
     times: dict[str, list[float]] = {c: [] for c in candidates}
+    cpu: dict[str, list[float]] = {c: [] for c in candidates}
+    forwards: dict[str, list[int]] = {c: [] for c in candidates}
     for r in range(repeats):  # alternated, as common.interleaved, but with a new seed per round
         round_["r"] = r
         for candidate, fn in candidates.items():
-            start = time.perf_counter()
+            seen["images"] = 0
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[candidate].append(time.perf_counter() - start)
-            print(f"  {name} round {r}: {candidate} {times[candidate][-1]:.1f} s, robust "
-                  f"{100 * robust[candidate][-1]:.2f} %", flush=True)
+            cpu[candidate].append(time.process_time() - start_cpu)
+            forwards[candidate].append(seen["images"])
+            print(f"  {name} round {r}: {candidate} {times[candidate][-1]:.1f} s (cpu {cpu[candidate][-1]:.1f} s), "
+                  f"{seen['images']} image-forwards, robust {100 * robust[candidate][-1]:.2f} %", flush=True)
+    hook.remove()
 
     def percent(values):
         mean = 100 * sum(values) / len(values)
         return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ({100 * min(values):.1f}-{100 * max(values):.1f})"
 
     med = {c: common.median(t) for c, t in times.items()}
-    rows = [{"model": name, "evaluator": c, "median_s": round(med[c], 1), "robust_acc_%": percent(robust[c]),
-             "vs_ensemble": f"{med[c] / med[ENSEMBLE]:.2f}x time"} for c in candidates]
+    work = {c: common.median(f) for c, f in forwards.items()}
+    rows = [{"model": name, "evaluator": c, "median_s": round(med[c], 1), "cpu_s": round(common.median(cpu[c]), 1),
+             "image_forwards": int(work[c]), "robust_acc_%": percent(robust[c]),
+             "time_vs_ensemble": f"{med[c] / med[ENSEMBLE]:.2f}x", "work_vs_ensemble": f"{work[c] / work[ENSEMBLE]:.2f}x"}
+            for c in candidates]
     summary = {"model": name, "run": MODELS[name], "clean_acc_%": round(100 * clean[0], 2), "times": times,
+               "cpu_times": cpu, "image_forwards": forwards,
                "robust_acc_per_repetition": robust, "autoattack_over_ensemble": round(med[AUTOATTACK] / med[ENSEMBLE], 2),
+               "autoattack_over_ensemble_work": round(work[AUTOATTACK] / work[ENSEMBLE], 2),
                "ensemble_over_pgd20": round(med[ENSEMBLE] / med[PGD], 2),
                "ensemble_not_weaker": sum(robust[ENSEMBLE]) <= sum(robust[AUTOATTACK]),
                "ensemble_after": details.get("ensemble_after"), "autoattack_label": details.get("autoattack_label"),
@@ -127,9 +144,11 @@ def main() -> None:
                "note": "median seconds over the repetitions; robust accuracy: mean (min-max) over the repetitions, "
                        "each with its own random starts (seed = repetition)"}
     path = common.write("eval_ensemble", payload)
-    print(common.table(rows, ["model", "evaluator", "median_s", "robust_acc_%", "vs_ensemble"]))
+    print(common.table(rows, ["model", "evaluator", "median_s", "cpu_s", "image_forwards", "robust_acc_%",
+                              "time_vs_ensemble", "work_vs_ensemble"]))
     for s in summaries:
         print(f"{s['model']}: clean {s['clean_acc_%']} %, pyautoattack/ensemble {s['autoattack_over_ensemble']}x time, "
+              f"{s['autoattack_over_ensemble_work']}x image-forwards, "
               f"ensemble/PGD-20 {s['ensemble_over_pgd20']}x time, ensemble not weaker: {s['ensemble_not_weaker']}")
     print(f"\n{info['date']}, {info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}, "
           f"load average {info.get('load_average_1min')} -> {info.get('load_average_1min_end')}; wrote {path}")

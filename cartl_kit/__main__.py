@@ -328,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the paper's five tables at small scale over seeds, its claims judged, "
                                          "a Markdown report and the full-scale recipes")
     p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
-                   help="quick: MNIST digits, about an hour on a 2-core CPU; smoke: 8x8 digits, about a minute")
+                   help="quick: MNIST digits, hours on a 2-core CPU (53 min of training, plus the ensemble evaluation of every run: not yet measured cold); smoke: 8x8 digits, about a minute")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
