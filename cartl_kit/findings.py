@@ -8,6 +8,8 @@ show: an ordering is stated with its numbers, and a paper's claim is put beside 
 
 from __future__ import annotations
 
+import numbers
+
 MASKING_GAP = 0.05  # PGD-k above the headline by more than this (a fraction): flagged as a masking signature
 
 
@@ -144,24 +146,34 @@ def trend(table, x: str, column: str = "robust_acc", *, name: str = "robust accu
     """
     rows = sorted(_records(table), key=lambda r: r[x])
     x_name = x_name or x
-    values = ", ".join(f"{r[x]:g} → {_pct(r[column])}" if isinstance(r[x], (int, float)) else f"{r[x]} → {_pct(r[column])}"
-                       for r in rows)
+    def fmt(value) -> str:
+        return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+    values = ", ".join(f"{fmt(r[x])} → {_pct(r[column])}" for r in rows)
     text = f"{name} against {x_name}: {values}"
     if len(rows) < 2:
         return text + "."
     steps = [b[column] - a[column] for a, b in zip(rows, rows[1:])]
-    if all(s < 0 for s in steps):
+    if all(s < -1e-9 for s in steps):
         shape = "it falls at every step"
-    elif all(s > 0 for s in steps):
+    elif all(s > 1e-9 for s in steps):
         shape = "it rises at every step"
     elif all(abs(s) < 1e-9 for s in steps):
         shape = "it does not change"
     else:
-        shape = (f"it is not monotonic ({sum(s > 0 for s in steps)} step(s) up, {sum(s < 0 for s in steps)} down"
-                 + (f", {sum(abs(s) < 1e-9 for s in steps)} flat" if any(abs(s) < 1e-9 for s in steps) else "") + ")")
+        up = sum(s > 1e-9 for s in steps)
+        down = sum(s < -1e-9 for s in steps)
+        flat = len(steps) - up - down
+        counts = f"{up} step(s) up, {down} down" + (f", {flat} flat" if flat else "")
+        if not up:
+            shape = f"it never rises ({down} step(s) down, {flat} flat)"
+        elif not down:
+            shape = f"it never falls ({up} step(s) up, {flat} flat)"
+        else:
+            shape = f"it is not monotonic ({counts})"
     first, last = rows[0], rows[-1]
     n = _n(first) if _n(first) == _n(last) else None
-    return (f"{text}: {shape}; from {x_name} = {first[x]:g} to {last[x]:g} it changes by "
+    return (f"{text}: {shape}; from {x_name} = {fmt(first[x])} to {fmt(last[x])} it changes by "
             f"{100 * (last[column] - first[column]):+.1f} points{_noise(last[column], first[column], n)}.")
 
 

@@ -42,6 +42,8 @@ def test_versus_does_not_claim_noise_across_different_sample_sizes():
     ((0.4, 0.5, 0.6), "it rises at every step"),
     ((0.5, 0.5, 0.5), "it does not change"),
     ((0.5, 0.6, 0.4), "it is not monotonic (1 step(s) up, 1 down)"),
+    ((0.5, 0.0, 0.0), "it never rises (1 step(s) down, 1 flat)"),
+    ((0.5, 0.5, 0.6), "it never falls (1 step(s) up, 1 flat)"),
 ])
 def test_trend_names_the_shape_it_sees(values, shape):
     table = _table(*[(f"k={k}", k, 0.99, v, v, 500) for k, v in zip((4, 1, 2), (values[2], values[0], values[1]))])
