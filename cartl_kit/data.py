@@ -604,15 +604,63 @@ def _verify_md5(dataset: str, path: Path, md5: str) -> None:
         raise DatasetCorrupt(dataset, path, "its MD5 checksum differs from the published one")
 
 
+@functools.cache
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR python batch names: numpy's array and scalar reconstructors.
+
+    Real batches were pickled by Python 2 with numpy < 2 (``numpy.core``); numpy 2 writes ``numpy._core``.
+    ``_codecs.encode`` is how Python 3 writes bytes at protocols 0-2, ``_frombuffer`` how numpy writes arrays
+    at protocol 5. All of them only build arrays, dtypes and bytes from data; none runs code it is given.
+    """
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    import _codecs
+    admitted = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}
+    table = {(f"{package}.multiarray", name): value
+             for package in ("numpy.core", "numpy._core") for name, value in admitted.items()}
+    table.update({(f"{package}.numeric", "_frombuffer"): numeric._frombuffer
+                  for package in ("numpy.core", "numpy._core")})
+    table.update({("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                  ("_codecs", "encode"): _codecs.encode})
+    return table
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only what CIFAR-10/100 python batches hold and refuses every other global.
+
+    Dicts, lists, strings, bytes and numbers need no global; numpy arrays, dtypes and scalars come through
+    the reconstructors of ``_cifar_globals``. A pickle naming anything else (``os.system``, ``builtins.exec``,
+    any class) raises ``pickle.UnpicklingError`` before the object is looked up, so nothing of it runs.
+
+    Example:
+        >>> CifarUnpickler(open("cifar-10-batches-py/test_batch", "rb"), encoding="latin1").load()["data"].shape
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        admitted = _cifar_globals().get((module, name))
+        if admitted is None:
+            raise pickle.UnpicklingError(f"it names the global {module}.{name}, which a CIFAR batch never holds; "
+                                         f"refused without running it")
+        return admitted
+
+
+def _str_keys(entry: dict) -> dict:
+    """Keys as str: a batch read with encoding="bytes" (or re-pickled from such a read) has bytes keys."""
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+
+
 def _unpickle(dataset: str, path: Path) -> dict:
     try:
         with open(path, "rb") as file:
-            entry = pickle.load(file, encoding="latin1")
+            entry = CifarUnpickler(file, encoding="latin1").load()
     except Exception as err:  # truncation and damage surface as EOFError, UnpicklingError, ValueError, ...
-        raise DatasetCorrupt(dataset, path, f"unreadable pickle: {type(err).__name__}: {err}") from err
+        problem = " ".join(f"{type(err).__name__}: {err}".split())  # one line, whatever the pickle held
+        raise DatasetCorrupt(dataset, path, f"unreadable pickle: {problem}") from err
     if not isinstance(entry, dict):
         raise DatasetCorrupt(dataset, path, f"expected a pickled dict, found {type(entry).__name__}")
-    return entry
+    return _str_keys(entry)
 
 
 def _read_cifar(dataset: str, root: Path, split: str, *, download: bool, verify: bool,
@@ -699,6 +747,22 @@ def _decode_gtsrb(dataset: str, path: str) -> np.ndarray:
         raise DatasetCorrupt(dataset, Path(path), f"unreadable image: {err}") from err
 
 
+def inside_folder(dataset: str, listing: Path, folder: Path, name: str) -> Path:
+    """``folder / name``, refused (``DatasetCorrupt`` naming ``listing`` and the entry) unless it stays in ``folder``.
+
+    The check is on the normalised path, so ``../x``, ``a/../../x`` and absolute names are refused
+    wherever they point; a folder reached through a symbolic link is still the dataset's own.
+
+    Example:
+        >>> inside_folder("gtsrb", Path("GT-final_test.csv"), Path("Images"), "00000.ppm")
+    """
+    base = Path(os.path.normpath(folder))
+    path = Path(os.path.normpath(folder / name))
+    if not name or path == base or not path.is_relative_to(base):
+        raise DatasetCorrupt(dataset, listing, f"the entry {name!r} points outside {folder}; refused")
+    return path
+
+
 def _read_gtsrb(dataset: str, root: Path, split: str, *, download: bool,
                 verify: bool) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     base = root / "gtsrb"
@@ -727,11 +791,12 @@ def _read_gtsrb(dataset: str, root: Path, split: str, *, download: bool,
         csv_path = required[1]
         try:
             with open(csv_path, newline="") as file:
-                samples = [(str(image_dir / row["Filename"]), int(row["ClassId"]))
+                samples = [(row["Filename"], int(row["ClassId"]))
                            for row in csv.DictReader(file, delimiter=";", skipinitialspace=True)]
         except (KeyError, ValueError, TypeError) as err:
             raise DatasetCorrupt(dataset, csv_path,
                                  f"expected ';'-separated Filename and ClassId: {err}") from err
+        samples = [(str(inside_folder(dataset, csv_path, image_dir, name)), label) for name, label in samples]
     labels = np.array([label for _, label in samples], dtype=np.int64)
     if len(labels) and not 0 <= labels.min() <= labels.max() < len(GTSRB_CLASSES):
         raise DatasetCorrupt(dataset, required[-1], "a class id outside 0..42")
