@@ -11,10 +11,18 @@ Running a config whose folder is complete loads it instead of training. Checkpoi
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
+import io
 import json
+import math
 import os
 import platform
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +30,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .config import (EvalConfig, SourceConfig, TransferConfig, config_hash, from_json, to_dict, to_json)
+from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, from_dict, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
 from .cache import CachedFeatures, FromSplit, extract, feature_cache_blocker
 from .evaluate import robust_accuracy
@@ -33,7 +41,9 @@ from .transfer import make_student
 
 RUNS_ENV_VAR = "CARTL_RUNS"
 SHIPPED_RUNS = Path(__file__).resolve().parent.parent / "data" / "runs"  # finished runs that ship with the kit
-MODEL_FILE, CHECKPOINT_FILE = "model.pt", "checkpoint.pt"
+MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE = "model.pt", "checkpoint.pt", ".lock"
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and a whole path, in bytes
+RUN_NAME_ROOM = 200  # bytes a run folder and its file names add below the runs root
 CONVERGENCE_PREFIX = "convergence-"  # metrics.json key of a convergence report: the prefix + the evaluation's name
 
 Config = SourceConfig | TransferConfig
@@ -54,11 +64,64 @@ class Run:
     metrics: dict
 
 
-# --- paths and atomic files ---------------------------------------------------------------------
+# --- the runs root -------------------------------------------------------------------------------
+
+def check_root(root: str | os.PathLike | None = None, *, writable: bool = True) -> Path:
+    """The runs folder: ``root``, else $CARTL_RUNS, else ``runs/``; refused with one line if it cannot hold runs.
+
+    Refused: a value that is not a path, an empty one, an existing file, a path too long for the run
+    folders below it and (with ``writable``) a folder, or the nearest existing folder above it, that
+    refuses writes.
+
+    Raises:
+        RunError: naming the value and how to fix it.
+
+    Example:
+        >>> check_root("runs")
+    """
+    given = root if root is not None else os.environ.get(RUNS_ENV_VAR, "runs")
+    what = f"the runs folder {_shown(given)}" + ("" if root is not None or RUNS_ENV_VAR not in os.environ
+                                                 else f" (from ${RUNS_ENV_VAR})")
+    if isinstance(given, bytes) or not isinstance(given, (str, os.PathLike)):
+        raise RunError(f"{what} is not a path ({type(given).__name__}); pass a folder name such as 'runs'")
+    if os.fspath(given) == "":
+        raise RunError(f"{what} is empty; pass a folder name such as 'runs'")
+    path = Path(given)
+    if _too_long(path):
+        raise RunError(f"{what} is too long for the run folders below it (at most {NAME_MAX} bytes a name, "
+                       f"{PATH_MAX - RUN_NAME_ROOM} in all); pass a shorter path")
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{what} is a file, not a folder; pass a folder (it is created if missing)")
+    if writable:
+        _check_writable(path, what)
+    return path
+
+
+def _shown(value, limit: int = 80) -> str:
+    text = repr(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _too_long(path: Path) -> bool:
+    names = [os.fsencode(part) for part in path.parts]
+    return any(len(name) > NAME_MAX for name in names) or \
+        len(os.fsencode(path.absolute())) > PATH_MAX - RUN_NAME_ROOM
+
+
+def _check_writable(path: Path, what: str) -> None:
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"{what} cannot be created: {existing} is a file; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{what} is not writable ({existing} refuses writes); pass a folder you can write to "
+                       f"or change its permissions")
+
 
 def runs_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else $CARTL_RUNS, else ``runs/`` in the working directory."""
-    return Path(root if root is not None else os.environ.get(RUNS_ENV_VAR, "runs"))
+    """``root``, else $CARTL_RUNS, else ``runs/`` in the working directory (checked by ``check_root``, not for writing)."""
+    return check_root(root, writable=False)
 
 
 def run_path(config: Config, root: str | os.PathLike | None = None) -> Path:
@@ -66,12 +129,94 @@ def run_path(config: Config, root: str | os.PathLike | None = None) -> Path:
 
 
 def find_run(config: Config, root: str | os.PathLike | None = None, *, shipped: bool = True) -> Path | None:
-    """The complete folder of ``config`` in ``root`` or (with ``shipped``) among the shipped runs, if any."""
+    """The finished folder of ``config`` in ``root`` or (with ``shipped``) among the shipped runs, if any."""
     for base in (runs_root(root), SHIPPED_RUNS) if shipped else (runs_root(root),):
         path = base / f"{config.slug}-{config_hash(config)}"
-        if (path / MODEL_FILE).exists():
+        if is_finished(path):
             return path
     return None
+
+
+def is_finished(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a complete ``model.pt``: present and an intact archive (every CRC checked)."""
+    try:
+        stat = (Path(folder) / MODEL_FILE).stat()
+    except OSError:
+        return False
+    return _zip_intact(str(Path(folder) / MODEL_FILE), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _zip_intact(path: str, mtime_ns: int, size: int) -> bool:  # cached while the file stays the same
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
+
+
+# --- locks and atomic files ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike):
+    """Hold ``folder``'s lock (``flock`` on ``<folder>/.lock``, creating the folder) while the block runs.
+
+    Every write to a run folder happens under it, so concurrent trainings of one config train once and
+    concurrent evaluations of one run keep every entry. On release the lock file is removed, and the
+    folder too if nothing else is in it (a refused run leaves nothing). A lock file found replaced after
+    waiting (its holder removed it) is locked afresh.
+
+    Example:
+        >>> with locked(run_path(config)): ...
+    """
+    folder = Path(folder)
+    fd = _acquire(folder)
+    try:
+        yield folder
+    finally:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
+
+
+def _acquire(folder: Path) -> int:
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder was removed by the holder releasing it: create it again
+            continue
+        except OSError as error:
+            if _disk_full(error):
+                raise no_space(folder / LOCK_FILE) from None
+            raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(folder / LOCK_FILE)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(path: Path) -> RunError:
+    """The one-line error for a full disk (or quota) while writing ``path``."""
+    return RunError(f"no space left on device while writing {path}; free space and rerun — the run resumes")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.*.tmp`` files an interrupted write left in ``folder`` (call it holding the lock)."""
+    leftovers = sorted(Path(folder).glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def _umask() -> int:
@@ -80,31 +225,56 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def write_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to the disk (the step ``atomic_write`` does before renaming)."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Create ``path`` by ``write(temporary name)`` then a rename: readers see the old file or the whole new one.
+
+    A full disk raises ``RunError`` (one line naming ``path``) and leaves no temporary file behind.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as error:
+        if _disk_full(error):
+            raise no_space(path) from None
+        raise
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(error):
+            raise no_space(path) from None
         raise
 
 
+_atomic_write = atomic_write  # the name plots.py and reproduce.py import
+
+
 def write_json(path: Path, data) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-    _atomic_write(path, write)
+    text = json.dumps(data, indent=2, sort_keys=True)
+    atomic_write(path, lambda tmp: write_file(tmp, text.encode()))
 
 
 def save_tensors(path: Path, data) -> None:
-    _atomic_write(path, lambda tmp: torch.save(data, tmp))
+    buffer = io.BytesIO()  # serialised in memory so that disk errors surface as OSError, not torch's RuntimeError
+    torch.save(data, buffer)
+    atomic_write(path, lambda tmp: write_file(tmp, buffer.getvalue()))
 
 
 def load_tensors(path: Path):
+    if path.exists() and not _zip_intact(str(path), path.stat().st_mtime_ns, path.stat().st_size):
+        raise RunError(f"{path} is corrupt or not a cartl_kit checkpoint (damaged archive); "
+                       f"delete the run folder {path.parent} and train it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -112,6 +282,93 @@ def load_tensors(path: Path):
     except Exception as error:  # truncated, corrupt, or holding objects that are not plain tensors
         raise RunError(f"{path} is corrupt or not a cartl_kit checkpoint ({type(error).__name__}); "
                        f"delete the run folder {path.parent} and train it again") from None
+
+
+# --- reading a run folder's JSON files ----------------------------------------------------------
+
+def read_json(path: Path, *, missing=None):
+    """``path``'s JSON (``missing`` when absent); a file that is not JSON raises RunError naming it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if missing is None:
+            raise RunError(f"{path} is missing; restore it, or delete the run folder {path.parent} "
+                           f"and train again") from None
+        return missing
+    try:
+        return json.loads(text)
+    except ValueError as error:  # JSONDecodeError
+        raise RunError(f"{path} is not valid JSON ({_one_line(error)}); restore it, or delete the run folder "
+                       f"{path.parent} and train again") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def read_config(folder: str | os.PathLike) -> Config:
+    """The config in ``folder/config.json``, refused (RunError naming the file) unless it is the folder's own."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.exists():
+        raise RunError(f"{folder} is not a run folder (no config.json)")
+    try:
+        config = from_dict(read_json(path))
+    except RunError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise RunError(f"{path} is not a run config ({_one_line(error)}); restore it, or delete the run folder "
+                       f"{folder} and train again") from None
+    if not isinstance(config, (SourceConfig, TransferConfig)):
+        raise RunError(f"{path} holds a {type(config).__name__}, not a run config; restore it")
+    expected = f"{config.slug}-{config_hash(config)}"
+    if Path(os.path.abspath(folder)).name != expected:
+        raise RunError(f"{path} does not match its folder {folder} (it names the run {expected}): the config was "
+                       f"edited or swapped; restore it, or delete the folder and train again")
+    return config
+
+
+def read_history(folder: Path) -> list[dict]:
+    """``history.json``: one record per epoch, each with an integer ``epoch``."""
+    path = folder / "history.json"
+    history = read_json(path, missing=[])
+    if not isinstance(history, list) or not all(isinstance(r, dict) and _is_int(r.get("epoch")) for r in history):
+        raise RunError(f"{path} is not a list of epoch records (each a dict with an integer 'epoch'); restore it, "
+                       f"or delete the run folder {folder} and train again")
+    return history
+
+
+def read_metrics(folder: Path) -> dict:
+    """``metrics.json``, every evaluation's accuracies checked to be fractions in [0, 1] (RunError naming the file)."""
+    path = folder / "metrics.json"
+    metrics = read_json(path, missing={})
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        raise RunError(f"{path} is not a dict of evaluations; delete it and evaluate again")
+    for name, result in metrics.items():
+        if problem := _metric_problem(name, result):
+            raise RunError(f"{path}: evaluation {name!r} {problem}; the file was edited or damaged — delete that "
+                           f"entry (or the file) and evaluate again")
+    return metrics
+
+
+def _metric_problem(name: str, result: dict) -> str | None:
+    if name.startswith(CONVERGENCE_PREFIX):
+        return None
+    for key in sorted({"clean_acc", "robust_acc"} | {k for k in result if k.endswith("_acc")}):
+        value = result.get(key)
+        if not _is_real(value) or not 0 <= value <= 1:
+            return f"has {key} = {value!r}, not a fraction in [0, 1]"
+    if "n" in result and not (_is_int(result["n"]) and result["n"] >= 0):
+        return f"has n = {result['n']!r}, not a count"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def environment(device: torch.device) -> dict:
@@ -196,12 +453,13 @@ def _step_for(config: Config, teacher: WideResNet | None):
 
 def _train(config: Config, *, root, device, progress: bool, callback, teacher: WideResNet | None = None,
            cache_features: bool = True, channels_last: bool = False) -> Path:
-    """Train ``config`` into its folder, resuming from ``checkpoint.pt`` when present.
+    """Train ``config`` into its folder (call it holding the folder's lock), resuming from ``checkpoint.pt``.
 
     A transfer run whose frozen extractor's output cannot change (see ``cache.feature_cache_blocker``)
     trains its last k blocks on features computed once, unless ``cache_features=False``.
     """
     path = run_path(config, root)
+    remove_temporaries(path)  # left by a process killed while writing
     train_data = _data(config.dataset, "train")
     torch.manual_seed(config.seed)  # model init, NEFT's power-iteration start, PGD's random starts
     if isinstance(config, SourceConfig):
@@ -217,6 +475,10 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
     history: list[dict] = []
     start = 1
     if (path / CHECKPOINT_FILE).exists():
+        if (path / "config.json").exists():
+            read_config(path)  # a swapped config.json is refused, not trained on
+        else:
+            write_json(path / "config.json", to_dict(config))
         state = load_tensors(path / CHECKPOINT_FILE)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -273,23 +535,39 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
     device = torch.device(device) if device is not None else default_device()
     path = find_run(config, root, shipped=shipped)
     if path is None:
+        check_root(root)
         teacher = None
         if isinstance(config, TransferConfig):
             if find_run(config.teacher, root, shipped=shipped) is None and not train_teacher:
                 raise RunError(f"the teacher run {config.teacher.slug}-{config_hash(config.teacher)} does not exist "
                                f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
             teacher = run(config.teacher, root=root, device=device, progress=progress, shipped=shipped).model
-        path = _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher,
-                      cache_features=cache_features, channels_last=channels_last)
+        path = run_path(config, root)
+        with locked(path):
+            if not is_finished(path):  # else another process finished it while this one waited for the lock
+                try:
+                    _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher,
+                           cache_features=cache_features, channels_last=channels_last)
+                except BaseException:
+                    discard_unstarted(path)
+                    raise
     return load_run(path)
+
+
+def discard_unstarted(folder: Path) -> None:
+    """Empty a run folder that holds no checkpoint and no model (only its config): there is nothing to resume.
+
+    Call it holding the lock; ``locked`` then removes the emptied folder on release.
+    """
+    if not (folder / CHECKPOINT_FILE).exists() and not (folder / MODEL_FILE).exists():
+        remove_temporaries(folder)
+        (folder / "config.json").unlink(missing_ok=True)
 
 
 def load_run(path: str | os.PathLike) -> Run:
     """A finished run's model (eval mode, CPU), config, history and metrics."""
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise RunError(f"{path} is not a run folder (no config.json)")
-    config = from_json((path / "config.json").read_text())
+    config = read_config(path)
     state = load_tensors(path / MODEL_FILE)
     try:
         # Head size and channel count come from the weights themselves: loading a model reads no data.
@@ -303,8 +581,7 @@ def load_run(path: str | os.PathLike) -> Run:
         first = str(error).strip().splitlines()[0]
         raise RunError(f"{path / MODEL_FILE} does not match the architecture of its config "
                        f"({config.slug}): {first}") from None
-    history = json.loads((path / "history.json").read_text()) if (path / "history.json").exists() else []
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    history, metrics = read_history(path), read_metrics(path)
     return Run(path=path, config=config, model=model.eval(), history=history, metrics=metrics)
 
 
@@ -332,9 +609,23 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
         save = not is_shipped(finished.path)
     if not save:
         return result
-    finished.metrics[evaluation.name] = result
-    write_json(finished.path / "metrics.json", finished.metrics)
-    return finished.metrics[evaluation.name]
+    return record_metric(finished, evaluation.name, result)
+
+
+def record_metric(finished: Run, name: str, result: dict) -> dict:
+    """Add ``result`` under ``name`` to the run's ``metrics.json`` and to ``finished.metrics``; returns it.
+
+    The file is read again, updated and replaced under the folder's lock, so evaluations recorded at the
+    same time by other processes are kept (and appear in ``finished.metrics``).
+    """
+    with locked(finished.path):
+        remove_temporaries(finished.path)
+        metrics = read_metrics(finished.path)
+        metrics[name] = result
+        write_json(finished.path / "metrics.json", metrics)
+    finished.metrics.clear()
+    finished.metrics.update(metrics)
+    return result
 
 
 def measure(model, loader, evaluation: EvalConfig, *, device=None, progress: bool = True, seed: int = 0) -> dict:
@@ -384,26 +675,39 @@ def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bo
     if save is None:
         save = not is_shipped(finished.path)
     if save:
-        finished.metrics[CONVERGENCE_PREFIX + evaluation.name] = data
-        write_json(finished.path / "metrics.json", finished.metrics)
+        record_metric(finished, CONVERGENCE_PREFIX + evaluation.name, data)
     return data, format_report(report)
 
 
 def load_runs(root: str | os.PathLike | None = None, *, include_shipped: bool = True):
-    """A pandas DataFrame with one row per (finished run, evaluation): flattened config fields and metrics."""
+    """A pandas DataFrame with one row per (finished run, evaluation): flattened config fields and metrics.
+
+    A folder that cannot be read (damaged model, config or metrics) is skipped with a warning naming it.
+    """
     import pandas as pd
     rows = []
     bases = [runs_root(root)] + ([SHIPPED_RUNS] if include_shipped else [])
     for base in bases:
-        for path in sorted(base.glob("*/" + MODEL_FILE)) if base.exists() else []:
-            folder = path.parent
-            config = json.loads((folder / "config.json").read_text())
-            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
-            flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-            flat.update({"run": folder.name, "path": str(folder), "shipped": base == SHIPPED_RUNS})
-            for name, result in (metrics or {"": {}}).items():
-                if name.startswith(CONVERGENCE_PREFIX):
-                    continue
-                shown = {key: value for key, value in result.items() if key not in ("broken_by", "config", "after")}
-                rows.append({**flat, "evaluation": name or None, **shown})
+        for path in sorted(base.glob("*/" + MODEL_FILE)) if base.is_dir() else []:
+            try:
+                rows += _table_rows(path.parent, shipped=base == SHIPPED_RUNS)
+            except RunError as error:
+                warnings.warn(f"skipping {path.parent}: {error}", stacklevel=2)
     return pd.DataFrame(rows)
+
+
+def _table_rows(folder: Path, *, shipped: bool) -> list[dict]:
+    import pandas as pd
+    if not is_finished(folder):
+        raise RunError(f"{folder / MODEL_FILE} is truncated or damaged, so the run is not finished; "
+                       f"delete it and train again")
+    config, metrics = read_config(folder), read_metrics(folder)
+    flat = pd.json_normalize(to_dict(config), sep=".").iloc[0].to_dict()
+    flat.update({"run": folder.name, "path": str(folder), "shipped": shipped})
+    rows = []
+    for name, result in (metrics or {"": {}}).items():
+        if name.startswith(CONVERGENCE_PREFIX):
+            continue
+        shown = {key: value for key, value in result.items() if key not in ("broken_by", "config", "after")}
+        rows.append({**flat, "evaluation": name or None, **shown})
+    return rows
