@@ -702,6 +702,7 @@ def _table_rows(folder: Path, *, shipped: bool) -> list[dict]:
         raise RunError(f"{folder / MODEL_FILE} is truncated or damaged, so the run is not finished; "
                        f"delete it and train again")
     config, metrics = read_config(folder), read_metrics(folder)
+    read_history(folder)  # a folder load_run refuses is not tabulated either
     flat = pd.json_normalize(to_dict(config), sep=".").iloc[0].to_dict()
     flat.update({"run": folder.name, "path": str(folder), "shipped": shipped})
     rows = []
