@@ -7,6 +7,13 @@ is unfinished; while training, ``checkpoint.pt`` (model, optimiser, epoch, histo
 replaced atomically after every epoch, so an interrupted run resumes from its last finished epoch.
 Running a config whose folder is complete loads it instead of training. Checkpoints are read with
 ``torch.load(weights_only=True)``: no arbitrary objects are unpickled.
+
+Every write to a run folder holds its lock (``flock`` on ``<run>/.lock``): two processes training one
+config train it once, and evaluations recorded at the same time all land in ``metrics.json``. What is
+read back is checked: ``config.json`` must hash to its folder's name, ``model.pt`` must be an intact
+archive for the run to count as finished, accuracies in ``metrics.json`` must be fractions, and a file
+that fails raises ``RunError`` naming it (``load_runs`` warns and skips that folder). Temporary files a
+killed write left are removed the next time the folder is written; a full disk is one line.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ def check_root(root: str | os.PathLike | None = None, *, writable: bool = True) 
                                                  else f" (from ${RUNS_ENV_VAR})")
     if isinstance(given, bytes) or not isinstance(given, (str, os.PathLike)):
         raise RunError(f"{what} is not a path ({type(given).__name__}); pass a folder name such as 'runs'")
+    if not isinstance(os.fspath(given), str) or "\0" in os.fspath(given):
+        raise RunError(f"{what} is not a path (bytes or a NUL character); pass a folder name such as 'runs'")
     if os.fspath(given) == "":
         raise RunError(f"{what} is empty; pass a folder name such as 'runs'")
     path = Path(given)

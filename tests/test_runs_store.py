@@ -256,6 +256,7 @@ def _unwritable(tmp_path, monkeypatch) -> Path:
     (lambda tmp, mp: 123, "the runs folder 123 is not a path .*; pass a folder name such as 'runs'"),
     (lambda tmp, mp: b"runs", "is not a path"),
     (lambda tmp, mp: "", "the runs folder '' is empty; pass a folder name"),
+    (lambda tmp, mp: "runs\0x", "NUL character"),
     (lambda tmp, mp: (tmp / "file").write_text("x") and tmp / "file", "is a file, not a folder"),
     (lambda tmp, mp: (tmp / "file").write_text("x") and tmp / "file" / "runs", "cannot be created: .*file is a file"),
     (lambda tmp, mp: _unwritable(tmp, mp), "is not writable .*refuses writes"),
