@@ -65,10 +65,16 @@ def claim_beside(claim: str, table, better: str, worse: str, *, column: str = "r
     """
     rows = {r[label]: r for r in _records(table)}
     a, b = rows[better][column], rows[worse][column]
-    verdict = "shows here" if a > b else ("ties here" if abs(a - b) < 1e-9 else "does not show here")
     n = _n(rows[better]) if _n(rows[better]) == _n(rows[worse]) else None
-    return (f"Paper: {claim}. Measured: {better} {_pct(a)}, {worse} {_pct(b)} — the claim {verdict}"
-            f"{_noise(a, b, n)}.")
+    noise = _noise(a, b, n)
+    if abs(a - b) < 1e-9:
+        verdict = "the two tie here: no verdict"
+    elif ", within noise" in noise:  # a gap smaller than the noise supports neither side
+        direction = "agrees with the claim" if a > b else "goes against the claim"
+        verdict = f"the direction {direction}, but{noise[1:]}: no verdict from this sample"
+    else:
+        verdict = f"the claim {'shows' if a > b else 'does not show'} here{noise}"
+    return f"Paper: {claim}. Measured: {better} {_pct(a)}, {worse} {_pct(b)} — {verdict}."
 
 
 def demo_findings(table, *, headline: str, pgd: str) -> list[str]:

@@ -156,5 +156,10 @@ def test_findings_say_only_what_the_numbers_show():
     assert len(flagged) == 3 and "CARTL by 44.0 points" in flagged[-1]
     assert "does not show here" in claim_beside("CARTL is more robust than NEFT", table, "CARTL", "NEFT")
     assert "the claim shows here" in claim_beside("NEFT beats vanilla", table, "NEFT", "vanilla TL")
+    sampled = table.assign(n=500)  # on 500 images a 4-point gap is within noise, a 26-point gap is not
+    assert claim_beside("NEFT beats vanilla", sampled, "NEFT", "vanilla TL").endswith(
+        "— the direction agrees with the claim, but within noise (2 s.e. ≈ 6.2): no verdict from this sample.")
+    assert "the claim does not show here, beyond noise" in claim_beside("CARTL beats NEFT", sampled, "CARTL", "NEFT")
+    assert "the direction goes against the claim" in claim_beside("vanilla beats NEFT", sampled, "vanilla TL", "NEFT")
     agree = table.assign(pgd_acc=table["robust_acc"] + 0.01)
     assert not any("disagree" in line or "overstates" in line for line in attack_findings(agree))
