@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .attacks import check_attack_args
+from .attacks import check_attack_args, check_images
 
 ALPHA, RHO = 0.75, 0.75  # momentum and the oscillation threshold of Croce & Hein
 
@@ -115,6 +115,7 @@ def apgd(
         >>> x_adv, broken = apgd(model.eval(), x, y, eps=8/255, steps=100, loss="ce")
     """
     check_attack_args(eps=eps, step_size=eps, steps=steps)
+    check_images(x)
     if model.training:
         raise ValueError("APGD needs the model in eval mode (model.eval()): with batch statistics, "
                          "retiring examples would change the others' outputs")
@@ -230,6 +231,7 @@ def apgd_targeted(
     """
     if isinstance(n_targets, bool) or not isinstance(n_targets, int) or n_targets < 1:
         raise ValueError(f"n_targets must be an integer >= 1, got {n_targets!r}")
+    check_images(x)
     x = x.detach()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     if active is not None:

@@ -8,6 +8,8 @@ train/eval mode is left to the caller (training crafts examples in eval mode, li
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -18,13 +20,32 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_attack_args(*, eps: float, step_size: float, steps: int) -> None:
-    """Raise ValueError for an eps outside (0, 1], a non-positive step size or a negative step count."""
-    if not 0.0 < eps <= 1.0:
-        raise ValueError(f"eps must be in (0, 1] (pixel units, e.g. 8/255 or 0.3), got {eps}")
-    if not step_size > 0.0:
-        raise ValueError(f"step_size must be > 0 (pixel units, e.g. 2/255), got {step_size}")
+    """Raise ValueError for an eps outside (0, 1], a step size that is not a finite number > 0 or a negative
+    step count (booleans, NaN and infinity are refused)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0.0 < eps <= 1.0:
+        raise ValueError(f"eps must be in (0, 1] (pixel units, e.g. 8/255 or 0.3), got {eps!r}")
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not 0.0 < step_size < math.inf:
+        raise ValueError(f"step_size must be a finite number > 0 (pixel units, e.g. 2/255), got {step_size!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+
+
+PIXEL_TOLERANCE = 1e-4  # float rounding of images in [0, 1]; scaled (0..255) or normalised images are far outside
+
+
+def check_images(x: torch.Tensor, *, name: str = "x") -> None:
+    """Raise ValueError unless ``x`` is a float tensor of finite pixels in [0, 1] (the kit's pixel space)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor of images in [0, 1], got "
+                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or infinite pixels; attacks need images in [0, 1]")
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if low < -PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        raise ValueError(f"{name} has pixels in [{low:.4g}, {high:.4g}]; attacks need images in [0, 1] "
+                         "(divide 0..255 images by 255; the model normalises inside)")
 
 
 def _sum_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -80,6 +101,7 @@ def pgd_linf(
         >>> x_adv = pgd_linf(model, x, y, eps=8/255, step_size=2/255, steps=7)
     """
     check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    check_images(x)
     loss_fn = loss_fn or _sum_cross_entropy
     x = x.detach()
     x_adv = _start(x, eps=eps, random_start=random_start, generator=generator)
@@ -130,6 +152,7 @@ def pgd_linf_any(
         >>> robust_accuracy = 1 - broken.float().mean()
     """
     check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    check_images(x)
     if model.training:
         raise ValueError("pgd_linf_any needs the model in eval mode (model.eval()): with batch statistics, "
                          "retiring examples would change the others' outputs")

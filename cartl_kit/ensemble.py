@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .apgd import apgd, apgd_targeted
-from .attacks import check_attack_args, pgd_linf_any
+from .attacks import check_attack_args, check_images, pgd_linf_any
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 CLEAN = "clean"  # broken_by value of an example misclassified without any attack
@@ -101,6 +101,7 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         >>> broken, by = worst_case(model.eval(), x, y, eps=0.3)
     """
     check_attack_args(eps=eps, step_size=eps, steps=1)
+    check_images(x)
     if model.training:
         raise ValueError("the ensemble needs the model in eval mode (model.eval())")
     with torch.no_grad():

@@ -14,8 +14,8 @@ import torch
 
 
 def check_lambda(lam: float, *, name: str = "lam") -> None:
-    """Raise ValueError unless the regulariser weight is a finite number >= 0."""
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+    """Raise ValueError unless the regulariser weight is a finite number >= 0 (not a bool)."""
+    if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
         raise ValueError(f"{name} (the regulariser weight) must be a finite number >= 0, got {lam!r}")
 
 

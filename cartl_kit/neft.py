@@ -24,8 +24,8 @@ from .models import WideResNet, check_k
 
 
 def check_beta(beta: float) -> None:
-    """Raise ValueError unless β is a finite number > 0."""
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+    """Raise ValueError unless β is a finite number > 0 (not a bool)."""
+    if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta (NEFT's bound on each layer's spectral norm) must be > 0, e.g. 1.0, 0.6 or 0.4; got {beta!r}")
 
 
