@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 
+from .data import list_datasets, parse_name
 from .ensemble import EnsembleConfig
 from .losses import check_lambda
 from .models import ARCHITECTURES
 from .neft import check_beta
+from .params import check_bool, check_float, check_int, check_seed
 from .transfer import BN_CASE_ALIASES, BN_CASES
 
 SOURCE_METHODS = ("at", "fdm")
@@ -39,6 +40,7 @@ class AttackConfig:
     def __post_init__(self) -> None:
         from .attacks import check_attack_args
         check_attack_args(eps=self.eps, step_size=self.step_size, steps=self.steps)
+        check_bool("random_start", self.random_start)
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,14 @@ class OptimConfig:
     gamma: float = 0.2
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr!r}")
-        object.__setattr__(self, "milestones", tuple(self.milestones))
+        check_int("epochs", self.epochs, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_float("base_lr", self.base_lr, low=0, low_open=True)
+        check_float("momentum", self.momentum, low=0, high=1)
+        check_float("weight_decay", self.weight_decay, low=0)
+        check_int("warmup_epochs", self.warmup_epochs, low=0)
+        check_float("gamma (the learning rate's factor at each milestone)", self.gamma, low=0, low_open=True)
+        object.__setattr__(self, "milestones", _check_milestones(self.milestones))
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,14 @@ class SourceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
         _check_choice("architecture", self.arch, ARCHITECTURES)
         _check_choice("source method", self.method, SOURCE_METHODS)
+        _check_common(self, attack=AttackConfig)
         if self.method == "fdm":
             if self.k is None or self.lam is None:
                 raise ValueError("method 'fdm' needs k (blocks after the FDM feature) and lam (its weight), e.g. k=3, lam=0.01")
-            _check_k(self.arch, self.k)
+            check_arch_k(self.arch, self.k)
             check_lambda(self.lam)
         elif self.k is not None or self.lam is not None:
             raise ValueError("k and lam belong to method 'fdm'; leave them out for 'at'")
@@ -117,8 +122,15 @@ class TransferConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.teacher, SourceConfig):
+            raise ValueError(f"teacher must be a SourceConfig (preset.source(...)), got {type(self.teacher).__name__}")
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
         _check_choice("transfer method", self.method, TRANSFER_METHODS)
-        _check_k(self.teacher.arch, self.k)
+        _check_common(self)
+        check_int("power_iterations", self.power_iterations, low=1)
+        if self.half_residual is not None:
+            check_bool("half_residual", self.half_residual)
+        check_arch_k(self.teacher.arch, self.k)
         _check_choice("BatchNorm case", BN_CASE_ALIASES.get(self.bn_case, self.bn_case), BN_CASES,
                       shown=self.bn_case, extra=tuple(BN_CASE_ALIASES))
         if self.method == "neft":
@@ -171,6 +183,8 @@ class EvalConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def __post_init__(self) -> None:
+        _check_type("attack", self.attack, AttackConfig)
+        _check_type("ensemble", self.ensemble, EnsembleConfig)
         _check_choice("evaluation mode", self.mode, ("final", "any"))
         _check_choice("evaluation method", self.method, EVAL_METHODS)
         if self.max_examples is not None and (isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int)
@@ -212,10 +226,49 @@ def _check_choice(what: str, value, allowed, *, shown=None, extra: tuple = ()) -
         raise ValueError(f"unknown {what} {shown if shown is not None else value!r}; choose one of {', '.join([*allowed, *extra])}")
 
 
-def _check_k(arch: str, k) -> None:
+def check_arch_k(arch: str, k) -> None:
+    """Raise ValueError unless ``k`` (fine-tuned blocks) is an integer in 1..L for ``arch``."""
     num_blocks = ARCHITECTURES[arch].num_blocks
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_blocks:
         raise ValueError(f"k must be an integer in 1..{num_blocks} for {arch} (its number of blocks), got {k!r}")
+
+
+def canonical_dataset(name) -> str:
+    """The one spelling of a dataset name (``DIGITS[5,6,7,8,9]`` -> ``digits[5-9]``), so that one experiment
+    has one run; ValueError for a name the data module cannot read or does not know.
+
+    >>> canonical_dataset(" MNIST5k[5-9] ")
+    'mnist5k[5-9]'
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"a dataset name must be a string such as 'mnist5k[5-9]', got {name!r}")
+    parsed = parse_name(name)
+    _check_choice("dataset", parsed.base, list_datasets())
+    return str(parsed)
+
+
+def _check_type(what: str, value, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ValueError(f"{what} must be a {kind.__name__}, got {value!r}")
+
+
+def _check_common(config, *, attack: type | None = None) -> None:
+    """The fields source and transfer configs share: optim, augment, seed (and a source's attack)."""
+    _check_type("optim", config.optim, OptimConfig)
+    if attack is not None:
+        _check_type("attack", config.attack, attack)
+    check_bool("augment", config.augment)
+    check_seed(config.seed)
+
+
+def _check_milestones(milestones) -> tuple:
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        raise ValueError(f"milestones must be a sequence of fractions of epochs in [0, 1] such as (0.5, 0.75), "
+                         f"got {milestones!r}")
+    milestones = tuple(milestones)
+    for fraction in milestones:
+        check_float(f"each milestone (a fraction of epochs, e.g. 0.5) in {milestones!r}", fraction, low=0, high=1)
+    return milestones
 
 
 def _slugify(text: str) -> str:
@@ -237,20 +290,33 @@ def to_dict(config) -> dict:
 
 
 def from_dict(data: dict):
-    """Inverse of ``to_dict``."""
+    """Inverse of ``to_dict``; ValueError for a key the config does not have (a typo would be lost otherwise)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a cartl_kit config is a JSON object, got {data!r}")
     data = dict(data)
     kind = data.pop("kind", None)
     if kind not in _KINDS:
         raise ValueError(f"not a cartl_kit config (kind={kind!r}); expected one of {', '.join(_KINDS)}")
-    if "attack" in data:
-        data["attack"] = AttackConfig(**data["attack"])
-    if "optim" in data:
-        data["optim"] = OptimConfig(**data["optim"])
-    if "ensemble" in data:
-        data["ensemble"] = EnsembleConfig(**data["ensemble"])
+    for key, part in (("attack", AttackConfig), ("optim", OptimConfig), ("ensemble", EnsembleConfig)):
+        if key in data:
+            data[key] = _build(part, data[key], key)
     if "teacher" in data:
         data["teacher"] = from_dict(data["teacher"])
-    return _KINDS[kind](**data)
+    return _build(_KINDS[kind], data, kind)
+
+
+def _build(cls: type, data, what: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"the {what} config must be a JSON object, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in a {what} config; its keys are {', '.join(sorted(known))}")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"the {what} config lacks the key {missing[0]!r}")
+    return cls(**data)
 
 
 def to_json(config) -> str:
@@ -298,7 +364,8 @@ class Preset:
         if method == "fdm":
             k = self.k if k is None else k
             lam = self.lam if lam is None else lam
-        return SourceConfig(dataset=dataset or self.source_dataset, arch=arch or self.arch, method=method, k=k,
+        return SourceConfig(dataset=self.source_dataset if dataset is None else dataset,
+                            arch=self.arch if arch is None else arch, method=method, k=k,
                             lam=lam, attack=self.train_attack, optim=self.source_optim, seed=seed)
 
     def transfer(self, teacher: SourceConfig, method: str = "tl", *, k: int | None = None, beta: float | None = None,
@@ -306,7 +373,7 @@ class Preset:
                  dataset: str | None = None) -> TransferConfig:
         if method == "neft" and beta is None:
             beta = self.beta
-        return TransferConfig(teacher=teacher, dataset=dataset or self.target_dataset,
+        return TransferConfig(teacher=teacher, dataset=self.target_dataset if dataset is None else dataset,
                               k=self.k if k is None else k, method=method, beta=beta, bn_case=bn_case,
                               lwf_lam=lwf_lam, optim=self.transfer_optim, seed=seed)
 
