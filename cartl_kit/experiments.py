@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
+from .params import check_report_path
 from .runs import CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_root
 
 # The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
@@ -126,6 +127,7 @@ def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch
     started = time.perf_counter()
     log = log or (lambda message: None)
     preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    path = None if report is None else check_report_path(report, preset=preset_.name)  # before anything trains
     if from_scratch:
         root = runs_root(root) / FROM_SCRATCH_DIR
     shipped = not from_scratch
@@ -165,10 +167,8 @@ def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch
     short, pgd_short = evaluation.short, evaluation.as_pgd().short
     teacher_flags = [line for line in attack_findings(teacher_table, headline=short, pgd=pgd_short) if "overstates" in line]
     findings = teacher_flags + demo_findings(table, headline=short, pgd=pgd_short)
-    path = None
-    if report is not None:
+    if path is not None:
         from .plots import history_figure, tradeoff_figure, write_report
-        path = Path(str(report).format(preset=preset_.name))
         extra = ["pgd_acc"] if pgd else []
         shown = table[["label", "method", "teacher", "k", "lam", "beta", "clean_acc", "robust_acc", *extra, "n", "run"]]
         teacher_shown = teacher_table[["label", "dataset", "k", "lam", "clean_acc", "robust_acc", *extra, "n", "run"]]
@@ -194,11 +194,20 @@ def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = 
     ``arch`` replace the preset's datasets and architecture (e.g. the paper's CIFAR-10 -> SVHN with WRN-28-4).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    ks = list(ks) if ks is not None else [preset.k]
-    betas = list(betas) if betas is not None else [preset.beta]
-    lams = list(lams) if lams is not None else [preset.lam]
     if teacher not in ("at", "fdm"):
         raise ValueError(f"unknown teacher method {teacher!r}; choose one of at, fdm")
+    methods, bn_cases = _grid_axis("methods", methods), _grid_axis("bn_cases", bn_cases)
+    ks = _grid_axis("ks", ks) if ks is not None else [preset.k]
+    if betas is not None:  # given: they must be used (the grid would ignore them silently otherwise)
+        betas = _grid_axis("betas", betas)
+        if "neft" not in methods:
+            raise ValueError(f"betas={betas!r} apply to method 'neft' only; add 'neft' to methods or leave betas out")
+    if lams is not None:
+        lams = _grid_axis("lams", lams)
+        if teacher != "fdm":
+            raise ValueError(f"lams={lams!r} are FDM teachers' weights; add teacher='fdm' or leave lams out")
+    betas = [preset.beta] if betas is None else betas
+    lams = [preset.lam] if lams is None else lams
     configs: dict[str, TransferConfig] = {}
     for k, method, bn_case, lam in itertools.product(ks, methods, bn_cases, lams if teacher == "fdm" else [None]):
         teacher_config = preset.source(teacher, k=k if teacher == "fdm" else None, lam=lam, seed=seed,
@@ -208,6 +217,16 @@ def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = 
                                      lwf_lam=preset.lam if method == "lwf" else None, dataset=target)
             configs.setdefault(config_hash(config), config)
     return list(configs.values())
+
+
+def _grid_axis(name: str, values) -> list:
+    """One axis of a grid as a list; ValueError when it is empty or not a list (a grid of nothing runs nothing)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list, got {values!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} is empty; give at least one value")
+    return values
 
 
 def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: bool = True,

@@ -31,6 +31,7 @@ import torch
 
 from .config import TransferConfig, get_preset
 from .models import ARCHITECTURES
+from .params import check_report_path
 
 BN_CASES_2X2 = ("train-update", "train-reuse", "freeze-update", "vanilla")
 BN_LABELS = {"train-update": "– | W,b", "train-reuse": "– | μ,σ,W,b", "freeze-update": "W,b | W,b",
@@ -176,10 +177,11 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
     """
     import pandas as pd
     from .experiments import _say, run_row
-    from .runs import find_run, machine
+    from .store import find_run, machine
 
     plan = get_plan(plan) if isinstance(plan, str) else plan
     preset = get_preset(plan.preset)
+    path = None if report is None else check_report_path(report, preset=plan.preset)  # before anything trains
     log = log or _say
     started = time.perf_counter()
     todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
@@ -203,8 +205,8 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
                           teachers_trained=sum(teachers.values()), teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
                           machine=machine())
-    if report is not None:
-        result.report = write_markdown(result, Path(str(report).format(preset=plan.preset)))
+    if path is not None:
+        result.report = write_markdown(result, path)
     return result
 
 
@@ -440,7 +442,7 @@ def _attack_words(evaluation) -> str:
 def write_markdown(result: Reproduction, path: Path) -> Path:
     """The report: command, machine, date, run time; the five tables beside the paper's; the claims; the
     full-scale recipes. Written atomically (complete or absent)."""
-    from .runs import _atomic_write
+    from .store import atomic_write
     plan, preset = result.plan, get_preset(result.plan.preset)
     m = result.machine
     lines = [f"# CARTL reproduction — preset `{plan.preset}`", "",
@@ -493,7 +495,7 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
         Path(tmp).write_text(text, encoding="utf-8")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
