@@ -16,11 +16,18 @@ import sys
 import torch
 
 
+MIN_IMAGE_SIZE = 8  # the smallest images the kit's datasets have (8x8 digits); WRN halves them twice
+
+
 def cmd_info(args) -> None:
     from .models import ARCHITECTURES
-    from .config import _check_k
+    from .config import check_arch_k
+    from .params import check_int
     if args.k is not None:
-        _check_k(args.arch, args.k)
+        check_arch_k(args.arch, args.k)
+    check_int("--size", args.size, low=MIN_IMAGE_SIZE)
+    check_int("--channels", args.channels, low=1)
+    check_int("--classes", args.classes, low=1)
     spec = ARCHITECTURES[args.arch]
     from .transfer import k_table
     rows = k_table(args.arch, k=args.k, in_channels=args.channels, size=args.size, num_classes=args.classes)
@@ -80,6 +87,9 @@ def cmd_transfer(args) -> None:
 def _evaluation(args):
     from dataclasses import replace
     from .config import AttackConfig, get_preset
+    from .params import check_int
+    if args.n is not None:
+        check_int("-n", args.n, low=1)
     preset = get_preset(args.preset)
     attack = preset.evaluation.attack
     pgd_flags = args.any_iterate or args.steps is not None or args.step_size is not None  # only PGD has them
@@ -94,10 +104,22 @@ def _evaluation(args):
                                        steps=args.steps if args.steps is not None else attack.steps))
 
 
+def _check_sample_size(n: int | None, dataset: str) -> None:
+    """-n must not exceed the test split: a larger n would evaluate the whole split under a name that says n."""
+    if n is None:
+        return
+    from .data import load_dataset
+    size = len(load_dataset(dataset, split="test"))
+    if n > size:
+        raise ValueError(f"-n {n} is larger than the test split of {dataset} ({size} images); "
+                         f"use -n {size} or less, or leave -n out to evaluate all")
+
+
 def cmd_evaluate(args) -> None:
     from .runs import evaluate, load_run
     evaluation = _evaluation(args)
     finished = load_run(args.run)
+    _check_sample_size(args.n, finished.config.dataset)
     if args.convergence:
         from .runs import convergence
         report, text = convergence(finished, evaluation, device=args.device, quick=not args.full)
@@ -174,8 +196,17 @@ def cmd_demo(args) -> None:
     print(f"({result.seconds:.0f} s)")
 
 
+def _check_sweep_flags(args) -> None:
+    """The flags ``transfer`` refuses are refused here too, by their names (the grid would ignore them)."""
+    if args.beta is not None and "neft" not in args.method:
+        raise ValueError(f"--beta {' '.join(f'{b:g}' for b in args.beta)} belongs to --method neft; add neft to --method")
+    if args.lam is not None and args.teacher != "fdm":
+        raise ValueError(f"--lam {' '.join(f'{lam:g}' for lam in args.lam)} describes FDM teachers; add --teacher fdm")
+
+
 def cmd_sweep(args) -> None:
     from .experiments import sweep
+    _check_sweep_flags(args)
     table = sweep(args.preset, root=args.runs_dir, device=args.device, ks=args.k, methods=args.method,
                   betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed,
                   source=args.source, target=args.target, arch=args.arch, pgd=args.pgd)
@@ -228,6 +259,39 @@ def cmd_pretrain(args) -> None:
         print(_percent_table(table, ["run", "method", "k", "lam", "clean_acc", "robust_acc"]))
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number ('inf' and 'nan' would reach the attack as NaN pixels)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def dataset_name(text: str) -> str:
+    """argparse type: a dataset name the kit reads, in its one spelling (``DIGITS[5-9]`` -> ``digits[5-9]``)."""
+    from .config import canonical_dataset
+    try:
+        return canonical_dataset(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_flags(args) -> None:
+    """Flags every command shares, checked before any work: --seed(s), --device, --runs-dir, --out."""
+    from .params import check_device, check_runs_dir, check_seed
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed, name="--seed")
+    for seed in getattr(args, "seeds", None) or []:
+        check_seed(seed, name="--seeds")
+    check_device(getattr(args, "device", None), name="--device")
+    for flag in ("runs_dir", "out"):
+        if getattr(args, flag, None) is not None:
+            check_runs_dir(getattr(args, flag), name="--" + flag.replace("_", "-"))
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit status 2), naming the allowed values."""
 
@@ -274,27 +338,27 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("source", help="train (or load) a robust source model")
     p.add_argument("--method", default="at", choices=SOURCE_METHODS)
     p.add_argument("-k", type=int, default=None, help="FDM: fine-tuning depth the feature is taken for")
-    p.add_argument("--lam", type=float, default=None, help="FDM weight λ")
+    p.add_argument("--lam", type=finite_float, default=None, help="FDM weight λ")
     common(p)
     p.set_defaults(func=cmd_source)
 
     p = sub.add_parser("transfer", help="fine-tune the last k blocks of a teacher on the target and evaluate")
     p.add_argument("--method", default="tl", choices=TRANSFER_METHODS)
     p.add_argument("-k", type=int, default=None)
-    p.add_argument("--beta", type=float, default=None, help="NEFT bound β")
+    p.add_argument("--beta", type=finite_float, default=None, help="NEFT bound β")
     p.add_argument("--bn-case", default="vanilla", choices=[*BN_CASES, *BN_CASE_ALIASES])
-    p.add_argument("--lwf-lam", type=float, default=None, help="LwF weight λ_d")
+    p.add_argument("--lwf-lam", type=finite_float, default=None, help="LwF weight λ_d")
     p.add_argument("--teacher", default="at", choices=SOURCE_METHODS, help="teacher training method")
     p.add_argument("--teacher-k", type=int, default=None, help="FDM teacher's k (default: the student's k)")
-    p.add_argument("--lam", type=float, default=None, help="FDM teacher's λ (default: the preset's)")
+    p.add_argument("--lam", type=finite_float, default=None, help="FDM teacher's λ (default: the preset's)")
     p.add_argument("--no-teacher-training", action="store_true", help="fail instead of training a missing teacher")
     common(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("evaluate", help="clean and robust accuracy of a finished run (default: the preset's ensemble)")
     p.add_argument("run", help="a run folder")
-    p.add_argument("--eps", type=float, default=None)
-    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--eps", type=finite_float, default=None)
+    p.add_argument("--step-size", type=finite_float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("-n", type=int, default=None, help="evaluate a seeded random subset of n test examples (default: all)")
     p.add_argument("--attack", default=None, choices=list(EVAL_METHODS),
@@ -314,12 +378,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a grid of transfers over k, method, β, λ and BatchNorm case (finished runs are skipped)")
     p.add_argument("-k", type=int, nargs="+", default=None, help="fine-tuned blocks (default: the preset's k)")
     p.add_argument("--method", nargs="+", default=["tl"], choices=TRANSFER_METHODS)
-    p.add_argument("--beta", type=float, nargs="+", default=None, help="NEFT bounds β (neft only)")
+    p.add_argument("--beta", type=finite_float, nargs="+", default=None, help="NEFT bounds β (neft only)")
     p.add_argument("--teacher", default="at", choices=SOURCE_METHODS)
-    p.add_argument("--lam", type=float, nargs="+", default=None, help="FDM teachers' λ (with --teacher fdm)")
+    p.add_argument("--lam", type=finite_float, nargs="+", default=None, help="FDM teachers' λ (with --teacher fdm)")
     p.add_argument("--bn-case", nargs="+", default=["vanilla"], choices=[*BN_CASES, *BN_CASE_ALIASES])
-    p.add_argument("--source", default=None, help="source dataset (default: the preset's), e.g. cifar10")
-    p.add_argument("--target", default=None, help="target dataset (default: the preset's), e.g. svhn")
+    p.add_argument("--source", type=dataset_name, default=None, help="source dataset (default: the preset's), e.g. cifar10")
+    p.add_argument("--target", type=dataset_name, default=None, help="target dataset (default: the preset's), e.g. svhn")
     p.add_argument("--arch", default=None, choices=list(ARCHITECTURES), help="architecture (default: the preset's)")
     p.add_argument("--pgd", action="store_true", help="also show robust accuracy under the paper's PGD-k beside the headline")
     common(p)
@@ -356,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for reports
     try:
+        _check_flags(args)
         args.func(args)
     except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt
         print(f"error: {error}", file=sys.stderr)
