@@ -16,8 +16,8 @@ RESULTS = Path(os.environ.get("CARTL_BENCH_RESULTS") or Path(__file__).resolve()
 
 
 def machine() -> dict:
-    """What the numbers were measured on (``cartl_kit.runs.machine``) and how busy the machine was."""
-    from cartl_kit.runs import machine as kit_machine
+    """What the numbers were measured on (``cartl_kit.store.machine``) and how busy the machine was."""
+    from cartl_kit.store import machine as kit_machine
     info = kit_machine()
     try:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)

@@ -99,11 +99,11 @@ def write_report(path: str | os.PathLike, *, title: str, tables: Mapping[str, ob
             "table.runs{border-collapse:collapse;margin:1em 0}"
             "table.runs td,table.runs th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}"
             "</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    from .runs import _atomic_write
+    from .store import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(page)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path

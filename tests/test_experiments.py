@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -42,7 +43,9 @@ def test_demo_trains_three_students_and_writes_a_self_contained_report(demo_root
     assert "<script src=" not in page and len(page) > 1_000_000  # plotly.js is inline: opens offline
     assert page.count("Plotly.newPlot") == 2
     assert not list(result.report.parent.glob(".*.tmp"))
-    assert result.report.stat().st_mode & 0o777 == 0o666 & ~runs._umask()  # readable like any file, not 0600
+    mask = os.umask(0)
+    os.umask(mask)
+    assert result.report.stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any file, not 0600
 
 
 def test_demo_again_loads_every_run(demo_root, monkeypatch):

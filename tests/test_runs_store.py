@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from cartl_kit import config as cfg
-from cartl_kit import runs
+from cartl_kit import runs, store
 from test_runs import TINY_ATTACK, copy_of, tiny_source  # noqa: F401
 from test_runs import trained_root  # noqa: F401  (a module-scoped fixture: one tiny teacher)
 
@@ -82,7 +82,7 @@ def test_concurrent_evaluations_keep_every_entry(trained_root, tmp_path, workers
     names = [job.result(timeout=300) for job in jobs]
     stored = json.loads((folder / "metrics.json").read_text())
     assert sorted(stored) == sorted(names) and len(set(names)) == 3
-    assert not (folder / runs.LOCK_FILE).exists() and not list(folder.glob(".*.tmp"))
+    assert not (folder / store.LOCK_FILE).exists() and not list(folder.glob(".*.tmp"))
 
 
 def test_two_identical_trainings_at_once_train_once(tmp_path, workers):
@@ -91,7 +91,7 @@ def test_two_identical_trainings_at_once_train_once(tmp_path, workers):
             for me in range(2)]
     assert sorted(job.result(timeout=300) for job in jobs) == [0, 1]  # one trained its epoch, one reused it
     folder = runs.run_path(one_epoch_source(7), tmp_path / "runs")
-    assert runs.is_finished(folder) and not (folder / runs.LOCK_FILE).exists()
+    assert runs.is_finished(folder) and not (folder / store.LOCK_FILE).exists()
 
 
 # --- integrity ----------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def _full_disk(only: str = ""):
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "write_file", _full_disk())
+    monkeypatch.setattr(store, "write_file", _full_disk())
     config = one_epoch_source(5)
     with pytest.raises(runs.RunError) as error:
         runs.run(config, root=tmp_path, device="cpu", progress=False, shipped=False)
@@ -222,7 +222,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch)
 
 def test_a_disk_full_at_the_last_write_resumes_without_training_again(tmp_path, monkeypatch):
     config = one_epoch_source(6)
-    monkeypatch.setattr(runs, "write_file", _full_disk(only=".model.pt"))
+    monkeypatch.setattr(store, "write_file", _full_disk(only=".model.pt"))
     with pytest.raises(runs.RunError, match=f"while writing {runs.run_path(config, tmp_path) / 'model.pt'};"):
         runs.run(config, root=tmp_path, device="cpu", progress=False, shipped=False)
     folder = runs.run_path(config, tmp_path)
@@ -234,7 +234,7 @@ def test_a_disk_full_at_the_last_write_resumes_without_training_again(tmp_path, 
 
 
 def test_a_full_disk_while_recording_an_evaluation_is_one_line(finished, monkeypatch):
-    monkeypatch.setattr(runs, "write_file", _full_disk())
+    monkeypatch.setattr(store, "write_file", _full_disk())
     with pytest.raises(runs.RunError, match="no space left on device while writing .*metrics.json"):
         runs.record_metric(runs.load_run(finished), "pgd", _metrics_entry(0.5)["pgd"])
     assert not list(finished.glob(".*.tmp")) and not (finished / "metrics.json").exists()
@@ -248,7 +248,7 @@ def _unwritable(tmp_path, monkeypatch) -> Path:
     folder.chmod(0o500)
     if os.access(folder, os.W_OK):  # root writes anywhere: make the check see what another user would
         real = os.access
-        monkeypatch.setattr(runs.os, "access", lambda path, mode: False if Path(path) == folder else real(path, mode))
+        monkeypatch.setattr(store.os, "access", lambda path, mode: False if Path(path) == folder else real(path, mode))
     return folder
 
 
@@ -277,7 +277,7 @@ def test_reading_needs_no_write_access_and_the_env_var_is_named(tmp_path, monkey
     folder = _unwritable(tmp_path, monkeypatch)
     assert runs.check_root(folder, writable=False) == folder and runs.load_runs(folder, include_shipped=False).empty
     assert runs.check_root(tmp_path / "new" / "runs") == tmp_path / "new" / "runs"
-    monkeypatch.setenv(runs.RUNS_ENV_VAR, "")
+    monkeypatch.setenv(store.RUNS_ENV_VAR, "")
     with pytest.raises(runs.RunError, match=r"'' \(from \$CARTL_RUNS\) is empty"):
         runs.check_root()
     for bad in (123, ""):
