@@ -25,7 +25,7 @@ def check_attack_args(*, eps: float, step_size: float, steps: int) -> None:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0.0 < eps <= 1.0:
         raise ValueError(f"eps must be in (0, 1] (pixel units, e.g. 8/255 or 0.3), got {eps!r}")
     if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not 0.0 < step_size < math.inf:
-        raise ValueError(f"step_size must be a finite number > 0 (pixel units, e.g. 2/255), got {step_size!r}")
+        raise ValueError(f"step_size must be > 0 and finite (pixel units, e.g. 2/255), got {step_size!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
 

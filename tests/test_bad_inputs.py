@@ -25,7 +25,7 @@ NAN, INF = float("nan"), float("inf")
 CLI_CASES = [
     (["evaluate", "{run}", "--step-size", "inf"], r"--step-size: not a finite number: 'inf'"),
     (["evaluate", "{run}", "--step-size", "nan"], r"--step-size: not a finite number: 'nan'"),
-    (["evaluate", "{run}", "--step-size", "0"], r"step_size must be a finite number > 0.*got 0"),
+    (["evaluate", "{run}", "--step-size", "0"], r"step_size must be > 0 and finite.*got 0"),
     (["evaluate", "{run}", "--eps", "inf"], r"--eps: not a finite number: 'inf'"),
     (["evaluate", "{run}", "--eps", "nan"], r"--eps: not a finite number: 'nan'"),
     (["evaluate", "{run}", "--eps", "-0.1"], r"eps must be in \(0, 1\].*got -0\.1"),
@@ -96,7 +96,7 @@ API_CASES = [
     (lambda c: c.optim(milestones=5), ValueError, r"milestones must be a sequence .* got 5"),
     (lambda c: c.optim(milestones=(0.5, NAN)), ValueError, r"milestone .* got nan"),
     (lambda c: c.optim(milestones=(40, 70)), ValueError, r"milestone .* got 40"),
-    (lambda c: c.attack(step_size=INF), ValueError, r"step_size must be a finite number > 0.*got inf"),
+    (lambda c: c.attack(step_size=INF), ValueError, r"step_size must be > 0 and finite.*got inf"),
     (lambda c: c.attack(eps=True), ValueError, r"eps must be in \(0, 1\].*got True"),
     (lambda c: c.attack(random_start="yes"), ValueError, r"random_start must be True or False, got 'yes'"),
     (lambda c: c.preset.source(seed=-1), ValueError, r"seed must be an integer in 0\.\.4294967295, got -1"),
