@@ -27,7 +27,7 @@ from .evaluate import robust_accuracy
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, MODEL_FILE, SHIPPED_RUNS, Config, RunError,  # noqa: F401
-                    check_root, environment, find_run, is_finished, load_tensors, locked, read_config,
+                    check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
                     read_history, read_metrics, remove_temporaries, run_path, runs_root, save_tensors, write_json)
 from .train import adversarial_step, default_device, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student
@@ -226,10 +226,6 @@ def load_run(path: str | os.PathLike) -> Run:
                        f"({config.slug}): {first}") from None
     history, metrics = read_history(path), read_metrics(path)
     return Run(path=path, config=config, model=model.eval(), history=history, metrics=metrics)
-
-
-def is_shipped(path: str | os.PathLike) -> bool:
-    return Path(path).resolve().is_relative_to(SHIPPED_RUNS)
 
 
 def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True,

@@ -120,6 +120,11 @@ def find_run(config: Config, root: str | os.PathLike | None = None, *, shipped: 
     return None
 
 
+def is_shipped(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies among the runs that ship with the kit (``SHIPPED_RUNS``)."""
+    return Path(path).resolve().is_relative_to(SHIPPED_RUNS)
+
+
 def is_finished(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds a complete ``model.pt``: present and an intact archive (every CRC checked)."""
     try:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cartl_kit import config as cfg
-from cartl_kit import experiments, runs
+from cartl_kit import experiments, runs, store
 from cartl_kit.__main__ import main
 
 TINY = cfg.Preset(
@@ -61,7 +61,7 @@ def test_demo_uses_shipped_teachers_and_says_so(demo_root, tmp_path, monkeypatch
     shipped = tmp_path / "shipped"  # pretend the demo's two teachers were shipped with the kit
     for teacher in [*root.glob("at-*"), *root.glob("fdm-*")]:
         shutil.copytree(teacher, shipped / teacher.name)
-    monkeypatch.setattr(runs, "SHIPPED_RUNS", shipped.resolve())
+    monkeypatch.setattr(store, "SHIPPED_RUNS", shipped.resolve())
     result = experiments.demo(TINY, root=tmp_path / "runs", device="cpu", report=None, progress=False, log=None)
     assert result.teachers["shipped"].all() and not result.table["shipped"].any()
     assert sum("shipped runs" in note for note in result.notes) == 2
