@@ -240,6 +240,9 @@ def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bo
     device = torch.device(device) if device is not None else default_device()
     test = _data(finished.config.dataset, "test")
     if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class
+        if evaluation.max_examples > len(test):  # the result would be named after a sample it did not use
+            raise RunError(f"max_examples = {evaluation.max_examples} is more than the {len(test)} test images of "
+                           f"{finished.config.dataset}; pass at most {len(test)}, or None for all of them")
         test = sample(test, evaluation.max_examples)
     test = make_loader(test, batch_size=256, device=device)
     result = measure(finished.model.to(device).eval(), test, evaluation, device=device, progress=progress)

@@ -284,3 +284,11 @@ def test_reading_needs_no_write_access_and_the_env_var_is_named(tmp_path, monkey
         with pytest.raises(runs.RunError):
             runs.load_runs(bad)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_evaluating_on_more_images_than_the_test_split_is_refused(finished):
+    run = runs.load_run(finished)
+    evaluation = cfg.EvalConfig(attack=TINY_ATTACK, max_examples=10**9)
+    with pytest.raises(runs.RunError, match=r"max_examples = 1000000000 is more than the \d+ test images"):
+        runs.evaluate(run, evaluation, device="cpu", progress=False)
+    assert evaluation.name not in runs.load_run(finished).metrics
