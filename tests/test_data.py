@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cartl_kit import data as D
+from cartl_kit import sources
 from cartl_kit.data import (Augmentation, DatasetCorrupt, DatasetNotAvailable, ImageData, as_float,
                             dataset_stats, list_datasets, load_dataset, make_loader, make_loaders,
                             parse_name, stratified_split, to_channels)
@@ -230,16 +231,20 @@ def test_cartl_data_env_var_is_used_for_loading(monkeypatch, tmp_path, no_networ
     assert len(load_dataset("svhn", split="test")) == len(expected["test_y"])
 
 
-def test_import_changes_no_global_state(monkeypatch):
-    # execute a fresh copy of the module (under another name, so the tested classes stay the same)
-    spec = importlib.util.spec_from_file_location("cartl_kit_data_fresh", D.__file__)
+@pytest.mark.parametrize("module", ["augment", "images", "loaders", "paper_data", "sources", "data"])
+def test_import_changes_no_global_state(monkeypatch, module):
+    # execute a fresh copy of the module (under another name in the package, so its relative imports
+    # reach the real modules and the tested classes stay the same)
+    name = f"cartl_kit._fresh_{module}"
+    spec = importlib.util.spec_from_file_location(name, Path(D.__file__).with_name(f"{module}.py"))
     fresh = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cartl_kit_data_fresh", fresh)
+    monkeypatch.setitem(sys.modules, name, fresh)
     rng_before, np_before = torch.get_rng_state(), np.random.get_state()[1].copy()
     spec.loader.exec_module(fresh)
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert np.array_equal(np.random.get_state()[1], np_before)
-    assert fresh._mnist5k_arrays.cache_info().currsize == 0  # no data is read at import
+    if module == "sources":
+        assert fresh.mnist5k_arrays.cache_info().currsize == 0  # no data is read at import
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,7 +284,7 @@ def test_mnist5k_and_digits_are_the_packages_real_images():
 
 @pytest.mark.parametrize("name, n, per_class_test", [("mnist5k", 5000, [100] * 10), ("digits", 1797, None)])
 def test_embedded_split_is_stratified_disjoint_and_deterministic(name, n, per_class_test):
-    labels = (D._mnist5k_arrays() if name == "mnist5k" else D._digits_arrays())[1]
+    labels = (sources.mnist5k_arrays() if name == "mnist5k" else sources.digits_arrays())[1]
     train, test = stratified_split(labels)
     assert len(np.intersect1d(train, test)) == 0
     assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(n))
@@ -293,9 +298,9 @@ def test_embedded_split_is_stratified_disjoint_and_deterministic(name, n, per_cl
 
 def test_embedded_split_is_pinned_across_machines():
     # If numpy's generator stream ever changes, this fails instead of silently changing the test set.
-    _, test = stratified_split(D._mnist5k_arrays()[1])
+    _, test = stratified_split(sources.mnist5k_arrays()[1])
     assert test[:8].tolist() == [10, 23, 25, 28, 36, 40, 44, 48] and int(test.sum()) == 2503800
-    _, test = stratified_split(D._digits_arrays()[1])
+    _, test = stratified_split(sources.digits_arrays()[1])
     assert test[:8].tolist() == [9, 18, 25, 31, 37, 41, 42, 45] and int(test.sum()) == 324230
 
 
