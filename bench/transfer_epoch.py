@@ -80,7 +80,7 @@ def main() -> None:
                                    repeats=args.repeats, warmup=1, device=device)
         plain_s, cached_s, cl_s, extract_s = (common.median(times["plain"]), common.median(times["cached"]),
                                               common.median(times["cached-cl"]), common.median(extract_times))
-        x = as_float(cached_loader._images[:optim.batch_size].to(device))
+        x = as_float(cached_loader.images[:optim.batch_size].to(device))
         start = teacher.num_blocks - k
         extractor_flops = common.forward_flops(students[0], lambda: students[0].forward_features(x, upto=start))
         f = students[0].forward_features(x, upto=start)

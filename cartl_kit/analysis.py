@@ -20,7 +20,9 @@ import torch
 
 from .attacks import check_attack_args, pgd_linf
 from .config import AttackConfig
-from .data import ImageData, make_loader, sample
+from .data import sample
+from .images import ImageData
+from .loaders import make_loader
 from .models import WideResNet, check_k
 
 

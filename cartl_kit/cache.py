@@ -23,7 +23,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .data import BatchLoader, as_float
+from .images import as_float
+from .loaders import BatchLoader
 from .models import WideResNet, check_k
 from .transfer import extractor_modules
 
@@ -74,7 +75,7 @@ def extract(model: WideResNet, loader: BatchLoader, *, k: int, batch_size: int |
         raise ValueError(f"the extractor's features cannot be cached: {blocker}")
     batch_size = batch_size or loader.batch_size
     start = check_k(model, k) - k
-    images = loader._images
+    images = loader.images
     parts = []
     for i in range(0, len(images), batch_size):
         x = as_float(images[i:i + batch_size].to(loader.device))
@@ -92,7 +93,7 @@ class CachedFeatures:
     def __init__(self, loader: BatchLoader, features: torch.Tensor) -> None:
         if len(features) != len(loader.data):
             raise ValueError(f"{len(features)} features for {len(loader.data)} images")
-        self.loader, self.features, self.labels = loader, features, loader._labels.to(features.device)
+        self.loader, self.features, self.labels = loader, features, loader.labels.to(features.device)
 
     def __len__(self) -> int:
         return len(self.loader)
