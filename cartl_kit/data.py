@@ -1,9 +1,8 @@
 """Datasets by name: name spelling, the registry lookup, statistics, the data folder, loading (reference §2).
 
-Holds `load_dataset`, `list_datasets`, the per-dataset mean/std table (`dataset_stats`), the data folder
-(`data_root`), class selection and small-data subsets (`select_classes`,
-`subsample`, `sample`). The other parts of the data pipeline live beside it, and the names they export
-are re-exported here:
+Holds `load_dataset`, `list_datasets`, the mean/std table (`dataset_stats`), the data folder
+(`default_data_root`), class selection and subsets (`select_classes`, `subsample`, `sample`). The other
+parts of the pipeline live beside it; the names they export are re-exported here:
 
 - `cartl_kit.images`: the in-memory split `ImageData` and its conversions (`as_float`, `to_channels`);
 - `cartl_kit.sources`: the embedded datasets and the registry; `cartl_kit.paper_data`: the readers of
@@ -189,8 +188,32 @@ def _entry(base: str) -> DatasetSource:
     return REGISTRY[base]
 
 
+def default_data_root() -> Path:
+    """The data folder used when ``root=`` is not given; the first of these rules that applies:
+
+    1. ``$CARTL_DATA``, when that environment variable is set (and not empty);
+    2. the checkout's ``data/``, when the package sits in a source checkout: the folder above
+       `PACKAGE_DIR` holds ``pyproject.toml`` and a ``data/`` folder (an editable install, or a clone);
+    3. the user's cache folder, ``$XDG_CACHE_HOME/cartl_kit/data`` (``~/.cache/cartl_kit/data`` when
+       ``XDG_CACHE_HOME`` is unset), for a kit installed by pip into site-packages.
+
+    Returns:
+        An absolute path (not created here; the paper's readers create it when they download).
+
+    >>> default_data_root().name
+    'data'
+    """
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR]).expanduser().resolve()
+    checkout = PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return (checkout / "data").resolve()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser().resolve() / "cartl_kit" / "data"
+
+
 def data_root(root: PathLike | None = None) -> Path:
-    """The folder datasets live in: ``root`` if given, else $CARTL_DATA, else the repository's data/.
+    """The folder datasets live in: ``root`` if given, else `default_data_root()`.
 
     Args:
         root: an explicit folder (wins over everything).
@@ -199,7 +222,7 @@ def data_root(root: PathLike | None = None) -> Path:
         The absolute path (not created here).
     """
     if root is None:
-        root = os.environ.get(DATA_ENV_VAR) or PACKAGE_DIR.parent / "data"
+        return default_data_root()
     return Path(root).expanduser().resolve()
 
 
@@ -334,7 +357,7 @@ def load_dataset(name: str, *, split: str, root: PathLike | None = None, downloa
     Args:
         name: see the module docstring, e.g. ``"mnist5k[5-9]"``, ``"cifar10@10%"``; `list_datasets()`.
         split: ``"train"`` or ``"test"``.
-        root: data folder; defaults to $CARTL_DATA, else the repository's data/.
+        root: data folder; defaults to `default_data_root()` ($CARTL_DATA, a checkout's data/, the cache).
         download: allow downloading absent files of the paper's datasets.
         classes: keyword form of ``[...]``: keep these classes, renumbered 0..K-1 in this order.
         per_class: keyword form of ``@n/class``. Unlike the name form it also applies to the test split.
@@ -382,15 +405,12 @@ def load_dataset(name: str, *, split: str, root: PathLike | None = None, downloa
     return data
 
 
-__all__ = [
-    # defined here
+__all__ = [  # defined here, then re-exported from images, augment, loaders, sources and paper_data
     "DATASET_STATS", "DEFAULT_SOURCE", "DEFAULT_TARGET", "DatasetName", "PACKAGE_DIR", "PathLike", "data_root",
-    "dataset_stats", "format_classes", "list_datasets", "load_dataset", "parse_name",
-    "sample", "select_classes", "subsample",
-    # re-exported from images, augment, loaders, sources and paper_data
-    "AugmentParams", "Augmentation", "BatchLoader", "CIFAR100_URL", "CIFAR10_URL", "CIFAR_AUGMENTATION",
-    "CifarUnpickler", "DATA_ENV_VAR", "DatasetCorrupt", "DatasetNotAvailable", "DatasetSource", "GTSRB_ARCHIVES",
-    "GTSRB_BASE_URL", "GTSRB_CLASSES", "GTSRB_SIZE", "ImageData", "NO_AUGMENTATION", "REGISTRY", "SPLITS",
-    "SPLIT_SEED", "SVHN_URLS", "TEST_FRACTION", "as_float", "inside_folder", "make_loader", "make_loaders",
-    "resize_images", "stratified_split", "to_channels",
+    "dataset_stats", "default_data_root", "format_classes", "list_datasets", "load_dataset", "parse_name", "sample",
+    "select_classes", "subsample", "AugmentParams", "Augmentation", "BatchLoader", "CIFAR100_URL", "CIFAR10_URL",
+    "CIFAR_AUGMENTATION", "CifarUnpickler", "DATA_ENV_VAR", "DatasetCorrupt", "DatasetNotAvailable", "GTSRB_ARCHIVES",
+    "GTSRB_BASE_URL", "GTSRB_CLASSES", "GTSRB_SIZE", "ImageData", "NO_AUGMENTATION", "SPLITS", "SPLIT_SEED",
+    "SVHN_URLS", "TEST_FRACTION", "as_float", "inside_folder", "make_loader", "make_loaders", "resize_images",
+    "stratified_split", "to_channels",
 ]

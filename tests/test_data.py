@@ -231,6 +231,30 @@ def test_cartl_data_env_var_is_used_for_loading(monkeypatch, tmp_path, no_networ
     assert len(load_dataset("svhn", split="test")) == len(expected["test_y"])
 
 
+def test_default_data_root_rules(monkeypatch, tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "cartl_kit").mkdir(parents=True)
+    (checkout / "data").mkdir()
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    monkeypatch.setattr(D, "PACKAGE_DIR", checkout / "cartl_kit")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # 1. $CARTL_DATA wins over a checkout
+    monkeypatch.setenv(D.DATA_ENV_VAR, str(tmp_path / "env"))
+    assert D.default_data_root() == tmp_path / "env"
+    # 2. without it, a source checkout's data/
+    monkeypatch.delenv(D.DATA_ENV_VAR)
+    assert D.default_data_root() == checkout / "data" == D.data_root()
+    # 3. an installed package (no pyproject.toml, or no data/, beside it): the user cache folder
+    (checkout / "pyproject.toml").unlink()
+    assert D.default_data_root() == tmp_path / "xdg" / "cartl_kit" / "data"
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    (checkout / "data").rmdir()
+    assert D.default_data_root() == tmp_path / "xdg" / "cartl_kit" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert D.default_data_root() == tmp_path / "home" / ".cache" / "cartl_kit" / "data"
+
+
 @pytest.mark.parametrize("module", ["augment", "images", "loaders", "paper_data", "sources", "data"])
 def test_import_changes_no_global_state(monkeypatch, module):
     # execute a fresh copy of the module (under another name in the package, so its relative imports
