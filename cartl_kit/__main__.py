@@ -13,8 +13,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 
 MIN_IMAGE_SIZE = 8  # the smallest images the kit's datasets have (8x8 digits); WRN halves them twice
 
@@ -135,6 +133,14 @@ def cmd_evaluate(args) -> None:
     print(f"  recorded as {evaluation.name!r} in {finished.path / 'metrics.json'}")
 
 
+def cmd_copy(args) -> None:
+    from .bundled import copy_bundle
+    copied = copy_bundle(args.kind, args.dest, force=args.force)
+    print(f"copied {len(copied)} files into {args.dest}")
+    print(f"open them with: jupyter lab {args.dest}" if args.kind == "notebooks" else
+          f"then, in {args.dest}: nbgrader generate_assignment <lab> (see README.md there)")
+
+
 def cmd_runs(args) -> None:
     from .runs import load_runs
     table = load_runs(args.runs_dir, include_shipped=not args.no_shipped)
@@ -223,10 +229,11 @@ def cmd_sweep(args) -> None:
 def cmd_reproduce(args) -> None:
     from dataclasses import replace
     from .experiments import FROM_SCRATCH_DIR
-    from .reproduce import get_plan, recipes_markdown, reproduce
+    from .reproduce import get_plan, measured_gpu_rates, recipes_markdown, reproduce
     from .runs import runs_root
+    rates = measured_gpu_rates(args.gpu_benchmark)
     if args.recipes:
-        print(recipes_markdown())
+        print(recipes_markdown(rates))
         return
     plan = get_plan(args.preset)
     if args.seeds is not None:
@@ -234,7 +241,7 @@ def cmd_reproduce(args) -> None:
     root = runs_root(args.runs_dir) / FROM_SCRATCH_DIR if args.from_scratch else args.runs_dir
     command = "python -m cartl_kit " + " ".join(args.argv)
     result = reproduce(plan, root=root, device=args.device, shipped=not args.from_scratch, report=args.report,
-                       command=command)
+                       command=command, gpu_rates=rates)
     if args.json:
         print(json.dumps({"claims": [c.__dict__ for c in result.claims], "summary": _records(result.summary),
                           "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1),
@@ -398,19 +405,28 @@ def parser() -> argparse.ArgumentParser:
                    help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
     p.add_argument("--report", default="reports/reproduction-{preset}.md", help="Markdown report (default %(default)s)")
     p.add_argument("--recipes", action="store_true", help="only print the full-scale sweep commands and their compute")
+    p.add_argument("--gpu-benchmark", default="bench/results/at_step.json",
+                   help="bench/at_step.py's result file, for GPU-hours in the recipes (default %(default)s; ignored when missing)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes data/runs)")
-    p.add_argument("--out", default=None, help="folder to write them to (default: the kit's data/runs)")
+    p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes cartl_kit/shipped_runs)")
+    p.add_argument("--out", default=None, help="folder to write them to (default: the kit's cartl_kit/shipped_runs)")
     common(p, runs=False)
     p.set_defaults(func=cmd_pretrain)
 
+    for kind, what in (("notebooks", "the notebook series (00-07), ready for JupyterLab"),
+                       ("labs", "the course labs' nbgrader sources and configuration, for instructors")):
+        p = sub.add_parser(kind, help=f"copy {what} into a folder of yours")
+        p.add_argument("dest", help="folder to copy them into (created if missing)")
+        p.add_argument("--force", action="store_true", help="overwrite files of the same name")
+        p.set_defaults(func=cmd_copy, kind=kind)
+
     p = sub.add_parser("runs", help="the table of finished runs (yours and the shipped teachers)")
     p.add_argument("--runs-dir", default=None)
-    p.add_argument("--no-shipped", action="store_true", help="leave out the teachers shipped in data/runs")
+    p.add_argument("--no-shipped", action="store_true", help="leave out the teachers shipped in cartl_kit/shipped_runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
     return top

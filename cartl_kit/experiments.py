@@ -5,7 +5,7 @@
   evaluated clean and under PGD; returns the table and writes an HTML report. It uses the shipped
   teachers of the preset when they exist; ``from_scratch=True`` trains everything.
 - ``sweep(preset, ks=, methods=, betas=, lams=, bn_cases=)`` — a grid of transfers, skipping finished runs.
-- ``pretrain(preset)`` — trains and evaluates the teachers that ship in ``data/runs`` (``SHIPPED_TEACHERS``).
+- ``pretrain(preset)`` — trains and evaluates the teachers that ship in ``cartl_kit/shipped_runs`` (``SHIPPED_TEACHERS``).
 
 All three return pandas DataFrames (one row per run) and leave every model in a run folder.
 """
@@ -256,7 +256,7 @@ def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: b
 def pretrain(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu", progress: bool = True,
              log: Callable[[str], None] | None = _say) -> "object":
     """Train and evaluate the teachers of ``SHIPPED_TEACHERS[preset]`` into ``root`` (default: the kit's
-    ``data/runs``). Finished ones are kept; a DataFrame of their clean and robust source accuracy is returned.
+    ``cartl_kit/shipped_runs``). Finished ones are kept; a DataFrame of their clean and robust source accuracy is returned.
 
     This is the command that made the shipped files: ``python -m cartl_kit pretrain --preset quick``.
     """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,13 +164,15 @@ class Reproduction:
 
 def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: bool | None = None,
               report: str | None = "reports/reproduction-{preset}.md", shipped: bool = True,
-              log: Callable[[str], None] | None = None, command: str | None = None) -> Reproduction:
+              log: Callable[[str], None] | None = None, command: str | None = None,
+              gpu_rates: dict | None = None) -> Reproduction:
     """Run (or load) every cell of every table for every seed, then summarise, judge the claims, report.
 
     Finished runs are loaded, never retrained; ``shipped=False`` ignores the teachers shipped with the kit
     (a cold start trains them too). ``progress`` (default ``widgets.watched()``) draws training bars in a
     terminal or an open notebook, not under papermill or nbval. Returns a ``Reproduction``; writes the
-    Markdown report unless ``report`` is None.
+    Markdown report unless ``report`` is None; its full-scale recipes give GPU-hours for the architectures
+    that ``gpu_rates`` (``measured_gpu_rates(path)``) holds.
 
     Example:
         >>> result = reproduce("quick")
@@ -206,7 +209,7 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
                           machine=machine())
     if path is not None:
-        result.report = write_markdown(result, path)
+        result.report = write_markdown(result, path, gpu_rates=gpu_rates)
     return result
 
 
@@ -439,7 +442,7 @@ def _attack_words(evaluation) -> str:
             f"{'final' if evaluation.mode == 'final' else 'any'} iterate)")
 
 
-def write_markdown(result: Reproduction, path: Path) -> Path:
+def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict | None = None) -> Path:
     """The report: command, machine, date, run time; the five tables beside the paper's; the claims; the
     full-scale recipes. Written atomically (complete or absent)."""
     from .store import atomic_write
@@ -488,7 +491,7 @@ def write_markdown(result: Reproduction, path: Path) -> Path:
               f"(the first a warm-up from lr 0), so on the small target set it takes "
               f"{preset.transfer_optim.epochs * _batches(plan, preset)} SGD steps, on the full one "
               f"{preset.transfer_optim.epochs * _batches(plan, preset, full=True)}.",
-              "", "## Full scale: recipes for a GPU", "", recipes_markdown(), ""]
+              "", "## Full scale: recipes for a GPU", "", recipes_markdown(gpu_rates), ""]
     text = "\n".join(lines)
 
     def write(tmp: str) -> None:
@@ -559,12 +562,11 @@ RECIPES = [
 ]
 
 
-def _measured_gpu_rates() -> dict[str, tuple[float, str]]:
-    """arch → (FLOP/s of the kit's fastest adversarial-training step, where and when) from
-    ``bench/results/at_step.json``, if it was measured on a GPU; empty otherwise."""
-    path = Path(__file__).resolve().parent.parent / "bench" / "results" / "at_step.json"
+def measured_gpu_rates(path: str | os.PathLike = "bench/results/at_step.json") -> dict[str, tuple[float, str]]:
+    """arch → (FLOP/s of the kit's fastest adversarial-training step, where and when) from the result file of
+    ``bench/at_step.py`` at ``path``, if it was measured on a GPU; empty otherwise (or when it is missing)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     machine = data.get("machine", {})
@@ -602,15 +604,16 @@ def recipe_flops(source: str, target: str, arch: str, transfers: int, at_teacher
     return teachers + tuning + evaluation
 
 
-def recipes_markdown() -> str:
-    """The ``sweep`` commands of the paper preset for each table, with their compute."""
+def recipes_markdown(rates: dict[str, tuple[float, str]] | None = None) -> str:
+    """The ``sweep`` commands of the paper preset for each table, with their compute; GPU-hours where ``rates``
+    (``measured_gpu_rates``: arch → FLOP/s and where it was measured) has the architecture."""
     lines = ["Each command runs one seed (`--seed 1`, `--seed 2` for more); finished runs are skipped, so shared "
              "teachers train once. Compute is analytic (see `reproduce.recipe_flops`); GPU-hours divide it by the "
              "FLOP rate that `bench/at_step.py` measured for the kit's bf16 adversarial-training step on a GPU, "
              "when such a measurement is in `bench/results/at_step.json`.", "",
              "| paper table | command | the paper's numbers it fills (clean / robust %) | compute (PFLOP) | GPU-hours |",
              "|---|---|---|---|---|"]
-    rates = _measured_gpu_rates()
+    rates = rates or {}
     for title, source, target, arch, flags, transfers, at, fdm, paper in RECIPES:
         command = (f"python -m cartl_kit sweep --preset paper --source {source} --target {target} --arch {arch} {flags}")
         flops = recipe_flops(source, target, arch, transfers, at, fdm)
@@ -622,4 +625,4 @@ def recipes_markdown() -> str:
 
 
 __all__ = ["Cell", "Claim", "PLANS", "Plan", "Reproduction", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
-           "recipes_markdown", "reproduce", "summarise", "write_markdown"]
+           "measured_gpu_rates", "recipes_markdown", "reproduce", "summarise", "write_markdown"]

@@ -166,7 +166,8 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
     """Load the finished run of ``config``, or train it (resuming if interrupted) and then load it.
 
     For a transfer config the teacher's run is found (or, with ``train_teacher``, trained) first.
-    ``shipped=False`` ignores the runs shipped in ``data/runs`` (everything is found in or trained into ``root``).
+    ``shipped=False`` ignores the runs shipped in ``cartl_kit/shipped_runs`` (everything is found in or
+    trained into ``root``).
     ``cache_features=False`` turns off the transfer fast path (``cartl_kit.cache``), which trains on cached
     extractor features where that gives the same result up to rounding. ``channels_last=True`` trains in
     the channels-last memory format (faster convolutions on many CPUs and GPUs; the same run up to

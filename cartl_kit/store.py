@@ -23,6 +23,7 @@ import os
 import platform
 import tempfile
 import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ from . import __version__
 from .config import SourceConfig, TransferConfig, config_hash, from_dict
 
 RUNS_ENV_VAR = "CARTL_RUNS"
-SHIPPED_RUNS = Path(__file__).resolve().parent.parent / "data" / "runs"  # finished runs that ship with the kit
+SHIPPED_RUNS = Path(str(resources.files("cartl_kit") / "shipped_runs"))  # finished runs that ship with the kit (package data)
 MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE = "model.pt", "checkpoint.pt", ".lock"
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and a whole path, in bytes
 RUN_NAME_ROOM = 200  # bytes a run folder and its file names add below the runs root

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "runs"
+from cartl_kit.store import SHIPPED_RUNS as SHIPPED
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAN, INF = float("nan"), float("inf")
 

@@ -44,6 +44,8 @@ def test_notebook_is_stripped_and_has_a_parameters_cell(path):
     text = first.source.lower()
     assert first.cell_type == "markdown" and "learn" in text and "run time" in text and "quick mode" in text, \
         f"{path.name}: the first cell states learning goals, and the run time in quick and full mode"
+    assert "%pip install" in first.source and "cartl-kit notebooks" in first.source, \
+        f"{path.name}: the first cell says how to install the kit outside its folder"
     markdown = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert not re.search(r"\b[A-Z]+_[A-Z_]+\b(?!`)", re.sub(r"`[^`]*`", "", markdown)), \
         f"{path.name}: a placeholder (an upper-case name outside code marks) is left in its prose"

@@ -3,6 +3,7 @@ version of ``python -m cartl_kit reproduce`` end to end (the quick one takes abo
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -124,6 +125,21 @@ def test_recipes_give_a_paper_sweep_per_table_and_their_compute():
     # WRN-34-10 at 32x32 by hand: per group of 5 units 2.15-2.25 G multiply-adds, 6.658 G in all, so F = 13.32 GFLOP;
     # one AT teacher = 17F per image, 50k images, 100 epochs
     assert rp.recipe_flops("cifar100", "cifar10", "wrn34_10", 0, 1, 0) == pytest.approx(17 * 13.32e9 * 50_000 * 100, rel=0.01)
+
+
+def test_recipes_take_gpu_rates_only_from_a_gpu_benchmark_they_are_given(tmp_path):
+    row = {"arch": "wrn34_10", "candidate": "kit bf16", "tflop_per_s": 100.0}
+    gpu, cpu = tmp_path / "gpu.json", tmp_path / "cpu.json"
+    gpu.write_text(json.dumps({"machine": {"device": "cuda", "gpu": "H200", "date": "today"}, "rows": [row]}))
+    cpu.write_text(json.dumps({"machine": {"device": "cpu"}, "rows": [row]}))
+    rates = rp.measured_gpu_rates(gpu)
+    assert rates == {"wrn34_10": (100e12, "H200, today")}
+    assert rp.measured_gpu_rates(cpu) == {} and rp.measured_gpu_rates(tmp_path / "missing.json") == {}
+    title, source, target, arch, _, transfers, at, fdm, _ = next(r for r in rp.RECIPES if r[3] == "wrn34_10")
+    hours = rp.recipe_flops(source, target, arch, transfers, at, fdm) / 100e12 / 3600
+    row = next(line for line in rp.recipes_markdown(rates).splitlines() if line.startswith(f"| {title} |"))
+    assert row.endswith(f"| {hours:.0f} (at 100 TFLOP/s, H200, today) |")
+    assert "(at 100 TFLOP/s" not in rp.recipes_markdown()
 
 
 def test_cells_at_chance_are_named():
