@@ -56,36 +56,17 @@ def attack_findings(table, *, headline: str = "the ensemble", pgd: str = "PGD-20
     return lines
 
 
-def claim_beside(claim: str, table, better: str, worse: str, *, column: str = "robust_acc",
-                 label: str = "label") -> str:
-    """The paper's claim "``better`` > ``worse`` in ``column``" beside what ``table`` measured.
-
-    Example:
-        >>> claim_beside("CARTL is more robust than vanilla transfer", table, "CARTL", "vanilla TL")
-    """
-    rows = {r[label]: r for r in _records(table)}
-    a, b = rows[better][column], rows[worse][column]
-    n = _n(rows[better]) if _n(rows[better]) == _n(rows[worse]) else None
-    noise = _noise(a, b, n)
-    if abs(a - b) < 1e-9:
-        verdict = "the two tie here: no verdict"
-    elif ", within noise" in noise:  # a gap smaller than the noise supports neither side
-        direction = "agrees with the claim" if a > b else "goes against the claim"
-        verdict = f"the direction {direction}, but{noise[1:]}: no verdict from this sample"
-    else:
-        verdict = f"the claim {'shows' if a > b else 'does not show'} here{noise}"
-    return f"Paper: {claim}. Measured: {better} {_pct(a)}, {worse} {_pct(b)} — {verdict}."
-
-
 def demo_findings(table, *, headline: str, pgd: str) -> list[str]:
     """The demo's findings: the orderings under both attacks, masking flags, and the paper's two claims."""
     lines = attack_findings(table, headline=headline, pgd=pgd)
     labels = {r["label"] for r in _records(table)}
     if {"NEFT", "vanilla TL"} <= labels:
-        lines.append(claim_beside("NEFT inherits more robustness than vanilla fine-tuning", table, "NEFT", "vanilla TL"))
+        lines.append(claim_checked("NEFT inherits more robustness than vanilla fine-tuning", table, "NEFT", "vanilla TL",
+                                   name=f"robust accuracy under {headline}"))
     cartl = next((name for name in labels if name.startswith("CARTL")), None)
     if cartl and "NEFT" in labels:
-        lines.append(claim_beside("the FDM teacher adds robustness on top of NEFT (CARTL)", table, cartl, "NEFT"))
+        lines.append(claim_checked("the FDM teacher adds robustness on top of NEFT (CARTL)", table, cartl, "NEFT",
+                                   name=f"robust accuracy under {headline}"))
     return lines
 
 
@@ -250,9 +231,9 @@ def same_order(table, first: str, second: str, *, first_name: str | None = None,
 
 
 def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "robust_acc",
-                  label: str = "label") -> str:
-    """Like ``claim_beside`` (the paper's claim "``better`` > ``worse`` in ``column``" beside the measured
-    numbers), with the difference's noise: a claim that holds only by less than two rough standard errors
+                  label: str = "label", name: str | None = None) -> str:
+    """The paper's claim "``better`` > ``worse`` in ``column``" beside the measured numbers, with the
+    difference's noise: a claim that holds only by less than two rough standard errors
     is said to show "within noise", not to hold.
 
     Example:
@@ -272,5 +253,6 @@ def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "
                    else "the claim does not show here, though the opposite is within noise too")
     else:
         verdict = "the claim shows here" if diff > 0 else "the claim does not show here"
-    return (f"Paper: {claim}. Measured: {better} {_pct(a[column])}, {worse} {_pct(b[column])} "
+    measured = f"Measured {name}" if name else "Measured"  # name: which quantity, e.g. the attack behind it
+    return (f"Paper: {claim}. {measured}: {better} {_pct(a[column])}, {worse} {_pct(b[column])} "
             f"({100 * diff:+.1f} points{noise}) — {verdict}.")

@@ -13,7 +13,7 @@ import cartl_kit as ck
 from cartl_kit import config as cfg
 from cartl_kit.apgd import apgd, apgd_targeted, checkpoints, dlr_loss, target_classes
 from cartl_kit.ensemble import CLEAN, ROBUST, EnsembleConfig, ensemble_accuracy, worst_case
-from cartl_kit.findings import attack_findings, claim_beside, ordering
+from cartl_kit.findings import attack_findings, claim_checked, ordering
 from conftest import EPS, Batches
 
 SMALL = EnsembleConfig(guard_steps=5, guard_restarts=2, apgd_ce_steps=10, apgd_t_steps=5, n_targets=2)
@@ -154,12 +154,13 @@ def test_findings_say_only_what_the_numbers_show():
     assert any("PGD-20 says CARTL, the ensemble says NEFT" in line for line in lines)
     flagged = [line for line in lines if "overstates" in line]
     assert len(flagged) == 3 and "CARTL by 44.0 points" in flagged[-1]
-    assert "does not show here" in claim_beside("CARTL is more robust than NEFT", table, "CARTL", "NEFT")
-    assert "the claim shows here" in claim_beside("NEFT beats vanilla", table, "NEFT", "vanilla TL")
+    assert "the claim does not show here" in claim_checked("CARTL is more robust than NEFT", table, "CARTL", "NEFT")
+    assert claim_checked("NEFT beats vanilla", table, "NEFT", "vanilla TL").endswith("— the claim shows here.")
     sampled = table.assign(n=500)  # on 500 images a 4-point gap is within noise, a 26-point gap is not
-    assert claim_beside("NEFT beats vanilla", sampled, "NEFT", "vanilla TL").endswith(
-        "— the direction agrees with the claim, but within noise (2 s.e. ≈ 6.2): no verdict from this sample.")
-    assert "the claim does not show here, beyond noise" in claim_beside("CARTL beats NEFT", sampled, "CARTL", "NEFT")
-    assert "the direction goes against the claim" in claim_beside("vanilla beats NEFT", sampled, "vanilla TL", "NEFT")
+    assert claim_checked("NEFT beats vanilla", sampled, "NEFT", "vanilla TL").endswith(
+        "(+4.0 points, within noise (2 s.e. ≈ 6.2)) — the direction shows here, but within noise.")
+    assert claim_checked("CARTL beats NEFT", sampled, "CARTL", "NEFT").endswith("— the claim does not show here.")
+    assert "Measured robust accuracy under the ensemble: CARTL 17.0 %" in claim_checked(
+        "CARTL beats NEFT", sampled, "CARTL", "NEFT", name="robust accuracy under the ensemble")
     agree = table.assign(pgd_acc=table["robust_acc"] + 0.01)
     assert not any("disagree" in line or "overstates" in line for line in attack_findings(agree))
