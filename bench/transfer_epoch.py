@@ -7,7 +7,7 @@ mnist5k[5-9] train, batch 64, vanilla fine-tuning of the last k blocks (BatchNor
 freeze-reuse, no augmentation: the case where `cartl_kit.cache` applies).
 
 - plain: `fit` for one epoch on the images: every step runs the frozen stem and blocks 1..L-k again;
-- cached: `fit` for one epoch on `CachedFeatures` through `FromSplit`: only blocks L-k+1..L run.
+- cached: `fit` for one epoch on `CachedFeatures` through `TunedTail`: only blocks L-k+1..L run.
   Computing the features (`extract`, once per run) is timed apart, and the table also gives the
   whole run of the preset's epochs, extraction included.
 - cached-cl: the same in the channels-last memory format (features stored channels-last once), the
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import cartl_kit as ck  # noqa: E402
-from cartl_kit.cache import CachedFeatures, FromSplit, extract  # noqa: E402
+from cartl_kit.cache import CachedFeatures, TunedTail, extract  # noqa: E402
 from cartl_kit.config import get_preset  # noqa: E402
 from cartl_kit.data import as_float, load_dataset, make_loader  # noqa: E402
 from cartl_kit.runs import run  # noqa: E402
@@ -75,8 +75,8 @@ def main() -> None:
         cached_cl = CachedFeatures(cl_loader, features.contiguous(memory_format=torch.channels_last)
                                    if features.dim() == 4 else features)  # k = 1: pooled vectors
         times = common.interleaved({"plain": one_epoch(students[0], plain_loader),
-                                    "cached": one_epoch(FromSplit(students[1], k=k), cached),
-                                    "cached-cl": one_epoch(FromSplit(students[2], k=k), cached_cl, channels_last=True)},
+                                    "cached": one_epoch(TunedTail(students[1], k=k), cached),
+                                    "cached-cl": one_epoch(TunedTail(students[2], k=k), cached_cl, channels_last=True)},
                                    repeats=args.repeats, warmup=1, device=device)
         plain_s, cached_s, cl_s, extract_s = (common.median(times["plain"]), common.median(times["cached"]),
                                               common.median(times["cached-cl"]), common.median(extract_times))

@@ -13,7 +13,7 @@ Importing the kit changes nothing (no seeding, no device work). The engine's pub
   APGD-T), ``EnsembleConfig``, ``worst_case``; ``accuracy``, ``robust_accuracy`` (the paper's PGD-k),
   ``EvalResult``, ``check_model``, ``compare_precision``
 - speed switches (bf16 autocast, cuDNN autotuner): ``cartl_kit.speed``
-- utilities: ``seed_everything``, ``default_device``
+- runtime: ``seed_everything``, ``default_device`` (``cartl_kit.runtime``)
 """
 
 from .apgd import apgd, apgd_targeted
@@ -23,8 +23,8 @@ from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, compa
 from .losses import fdm_loss, lwf_loss
 from .models import ARCHITECTURES, WideResNet, blocks, create_model, set_half_residual
 from .neft import apply_neft, conv_operator_norm, neft_report, remove_neft
-from .train import (adversarial_step, default_device, fdm_step, fit, lr_at, lwf_step, natural_step,
-                    seed_everything)
+from .runtime import default_device, seed_everything
+from .train import adversarial_step, fdm_step, fit, lr_at, lwf_step, natural_step
 from .transfer import BN_CASES, FrozenBatchNorm2d, get_bn_case, make_student, trainable_summary
 
 __all__ = [

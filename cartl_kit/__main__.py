@@ -75,10 +75,10 @@ def _robust_line(result: dict) -> str:
 
 
 def cmd_transfer(args) -> None:
-    from .runs import evaluate, run
+    from .runs import evaluate_run, run
     preset, config = _transfer_config(args)
     finished = run(config, root=args.runs_dir, device=args.device, train_teacher=not args.no_teacher_training)
-    result = evaluate(finished, preset.evaluation, device=args.device)
+    result = evaluate_run(finished, preset.evaluation, device=args.device)
     print(json.dumps({"run": str(finished.path), **result}) if args.json else f"{finished.path}\n{_robust_line(result)}")
 
 
@@ -114,7 +114,7 @@ def _check_sample_size(n: int | None, dataset: str) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .runs import evaluate, load_run
+    from .runs import evaluate_run, load_run
     evaluation = _evaluation(args)
     finished = load_run(args.run)
     _check_sample_size(args.n, finished.config.dataset)
@@ -123,7 +123,7 @@ def cmd_evaluate(args) -> None:
         report, text = convergence(finished, evaluation, device=args.device, quick=not args.full)
         print(json.dumps(report) if args.json else text)
         return
-    result = evaluate(finished, evaluation, device=args.device)
+    result = evaluate_run(finished, evaluation, device=args.device)
     if args.json:
         print(json.dumps({key: value for key, value in result.items() if key != "broken_by"}))
         return

@@ -23,7 +23,7 @@ from .config import AttackConfig
 from .data import sample
 from .images import ImageData
 from .loaders import make_loader
-from .models import WideResNet, check_k
+from .models import WideResNet
 
 
 def _batches(data, batch_size: int, max_examples: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -47,7 +47,7 @@ def _per_example(model: WideResNet, data, *, k: int, max_examples: int | None, b
     """``measure(x, y, split)`` -> (B,) over the first ``max_examples`` examples, concatenated on the CPU."""
     if model.training:
         raise ValueError("the FDM feature is measured on a trained model: put it in eval mode first (model.eval())")
-    split = check_k(model, k) - k
+    split = model.split_index(k)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1 (or None for all), got {max_examples}")
     device = next(model.parameters()).device

@@ -12,7 +12,7 @@ computed once for the whole training split, and every epoch then runs only the l
   runs the teacher on the raw images, so it is not cached).
 
 ``feature_cache_blocker`` says why a configuration cannot be cached (or None), ``CachedFeatures`` replays a
-``BatchLoader``'s batches in the same order from the cached features, and ``FromSplit`` runs the last
+``BatchLoader``'s batches in the same order from the cached features, and ``TunedTail`` runs the last
 k blocks of the student on them. Results equal the plain path's up to floating-point rounding.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from .images import as_float
 from .loaders import BatchLoader
-from .models import WideResNet, check_k
+from .models import WideResNet
 from .transfer import extractor_modules
 
 
@@ -48,7 +48,7 @@ def feature_cache_blocker(student: WideResNet, *, k: int, loader, needs_images: 
     return None
 
 
-class FromSplit(nn.Module):
+class TunedTail(nn.Module):
     """The last k blocks of ``model`` as a module: ``forward(f) = model.forward_from(f, start=L-k)``.
 
     Its parameters are the model's own (training it trains the model); ``train()``/``eval()`` reach the
@@ -58,7 +58,7 @@ class FromSplit(nn.Module):
     def __init__(self, model: WideResNet, *, k: int) -> None:
         super().__init__()
         self.model = model
-        self.start = check_k(model, k) - k
+        self.start = model.split_index(k)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.forward_from(features, start=self.start)
@@ -74,7 +74,7 @@ def extract(model: WideResNet, loader: BatchLoader, *, k: int, batch_size: int |
     if blocker is not None:
         raise ValueError(f"the extractor's features cannot be cached: {blocker}")
     batch_size = batch_size or loader.batch_size
-    start = check_k(model, k) - k
+    start = model.split_index(k)
     images = loader.images
     parts = []
     for i in range(0, len(images), batch_size):
@@ -111,4 +111,4 @@ class CachedFeatures:
             yield self.features[index], self.labels[index]
 
 
-__all__ = ["CachedFeatures", "FromSplit", "extract", "feature_cache_blocker"]
+__all__ = ["CachedFeatures", "TunedTail", "extract", "feature_cache_blocker"]

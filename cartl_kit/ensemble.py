@@ -178,7 +178,7 @@ def ensemble_accuracy(model: nn.Module, loader: Batches, *, eps: float, config: 
         >>> ensemble_accuracy(model.eval(), test_loader, eps=0.3).robust_acc
     """
     from .evaluate import check_model
-    from .train import default_device
+    from .runtime import default_device
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     by: list[str] = []

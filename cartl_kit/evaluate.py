@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .attacks import check_attack_args, pgd_linf, pgd_linf_any
 from .speed import autocast, check_precision, configure_cuda
-from .train import default_device
+from .runtime import default_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

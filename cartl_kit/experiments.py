@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
 from .params import check_report_path
-from .runs import CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate, find_run, is_shipped, run, runs_root
+from .runs import CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate_run, find_run, is_shipped, run, runs_root
 
 # The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
 SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = {
@@ -33,7 +33,7 @@ SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = 
 FROM_SCRATCH_DIR = "from-scratch"  # where demo(from_scratch=True) keeps its runs, apart from students of shipped teachers
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     from tqdm.auto import tqdm
     tqdm.write(message, file=sys.stderr)
 
@@ -62,12 +62,12 @@ def evaluate_row(finished: Run, evaluation: EvalConfig, *, device=None, progress
     """``finished``'s table row under ``evaluation`` (the headline ``robust_acc``, with the attack's name in
     ``attack``); with ``pgd``, also ``pgd_acc``: its robust accuracy under ``evaluation.as_pgd()`` (the
     paper's PGD-k), so a table can show where the weaker attack overstates robustness."""
-    row = _row(finished, evaluate(finished, evaluation, device=device, progress=progress), **extra)
+    row = _row(finished, evaluate_run(finished, evaluation, device=device, progress=progress), **extra)
     report = finished.metrics.get(CONVERGENCE_PREFIX + evaluation.name)
     if report is not None:  # a convergence report exists: its verdict travels with the number
         row["checks"] = "converged" if report["converged"] else "; ".join(report["flags"]) or "not converged"
     if pgd and evaluation.method != "pgd":
-        row["pgd_acc"] = evaluate(finished, evaluation.as_pgd(), device=device, progress=progress)["robust_acc"]
+        row["pgd_acc"] = evaluate_run(finished, evaluation.as_pgd(), device=device, progress=progress)["robust_acc"]
         row["pgd_attack"] = evaluation.as_pgd().label
     return row
 
@@ -113,7 +113,7 @@ class DemoResult:
 
 def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch: bool = False, seed: int = 0,
          report: str | os.PathLike | None = "reports/demo-{preset}.html", progress: bool = True,
-         log: Callable[[str], None] | None = _say) -> DemoResult:
+         log: Callable[[str], None] | None = say) -> DemoResult:
     """Teachers (AT, FDM), three transfers (vanilla, NEFT, CARTL) at the preset's k, evaluated; a report.
 
     Runs that exist are loaded, so a second call takes seconds. With ``from_scratch`` the shipped
@@ -230,7 +230,7 @@ def _grid_axis(name: str, values) -> list:
 
 
 def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: bool = True,
-          log: Callable[[str], None] | None = _say, pgd: bool = False, **grid) -> "object":
+          log: Callable[[str], None] | None = say, pgd: bool = False, **grid) -> "object":
     """Run (or load) and evaluate every transfer of a grid (see ``sweep_configs``); a DataFrame of results.
 
     ``robust_acc`` is under the preset's headline evaluation (named in ``attack``); ``pgd=True`` adds
@@ -254,7 +254,7 @@ def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: b
 # --- the shipped teachers -----------------------------------------------------------------------
 
 def pretrain(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu", progress: bool = True,
-             log: Callable[[str], None] | None = _say) -> "object":
+             log: Callable[[str], None] | None = say) -> "object":
     """Train and evaluate the teachers of ``SHIPPED_TEACHERS[preset]`` into ``root`` (default: the kit's
     ``cartl_kit/shipped_runs``). Finished ones are kept; a DataFrame of their clean and robust source accuracy is returned.
 
@@ -270,7 +270,7 @@ def pretrain(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu",
     for index, config in enumerate(configs, 1):
         log(f"[{index}/{len(configs)}] {config.slug}")
         finished = run(config, root=root, device=device, progress=progress)
-        rows.append(_row(finished, evaluate(finished, preset_.evaluation, device=device, progress=progress, save=True)))
+        rows.append(_row(finished, evaluate_run(finished, preset_.evaluation, device=device, progress=progress, save=True)))
         if preset_.evaluation.method != "pgd":  # the paper's PGD-k too, so tables can show both
-            evaluate(finished, preset_.evaluation.as_pgd(), device=device, progress=progress, save=True)
+            evaluate_run(finished, preset_.evaluation.as_pgd(), device=device, progress=progress, save=True)
     return pd.DataFrame(rows)

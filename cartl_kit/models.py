@@ -149,6 +149,10 @@ class WideResNet(nn.Module):
         self.blocks = nn.ModuleList([*units, FinalNorm(widths[3]), nn.Linear(widths[3], num_classes)])
         self._init_weights()
 
+    def split_index(self, k: int) -> int:
+        """The index of the first of the last ``k`` blocks (0-based), i.e. ``L - k``; checks ``k``."""
+        return check_k(self, k) - k
+
     def _init_weights(self) -> None:
         # The reference: Kaiming-normal fan_out for convs, BN (1, 0), Linear keeps its default
         # weight init and only zeroes its bias.

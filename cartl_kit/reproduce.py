@@ -179,13 +179,13 @@ def reproduce(plan: str | Plan = "quick", *, root=None, device=None, progress: b
         >>> [(c.claim, c.verdict) for c in result.claims]
     """
     import pandas as pd
-    from .experiments import _say, run_row
+    from .experiments import say, run_row
     from .store import find_run, machine
 
     plan = get_plan(plan) if isinstance(plan, str) else plan
     preset = get_preset(plan.preset)
     path = None if report is None else check_report_path(report, preset=plan.preset)  # before anything trains
-    log = log or _say
+    log = log or say
     started = time.perf_counter()
     todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
     unique = list(dict.fromkeys(cell.config for _, cell in todo))  # cells shared between tables run once

@@ -22,14 +22,15 @@ import torch
 
 from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
-from .cache import CachedFeatures, FromSplit, extract, feature_cache_blocker
+from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
 from .evaluate import robust_accuracy
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, MODEL_FILE, SHIPPED_RUNS, Config, RunError,  # noqa: F401
                     check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
                     read_history, read_metrics, remove_temporaries, run_path, runs_root, save_tensors, write_json)
-from .train import adversarial_step, default_device, fdm_step, fit, lwf_step, natural_step
+from .runtime import default_device
+from .train import adversarial_step, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student
 
 
@@ -145,7 +146,7 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
             features = extract(model, loader, k=config.k)
             if channels_last and features.dim() == 4:  # batches indexed from it stay channels-last
                 features = features.contiguous(memory_format=torch.channels_last)
-            trained, batches = FromSplit(model, k=config.k), CachedFeatures(loader, features)
+            trained, batches = TunedTail(model, k=config.k), CachedFeatures(loader, features)
     if start <= optim.epochs:
         fit(trained, batches, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
             momentum=optim.momentum, weight_decay=optim.weight_decay, warmup_epochs=optim.warmup_epochs,
@@ -229,7 +230,7 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path=path, config=config, model=model.eval(), history=history, metrics=metrics)
 
 
-def evaluate(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True,
+def evaluate_run(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True,
              save: bool | None = None, cached: bool = True) -> dict:
     """Clean and robust accuracy of a run on its test split, cached in its ``metrics.json``.
 

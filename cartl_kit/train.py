@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -28,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .attacks import check_attack_args, pgd_linf
 from .losses import check_lambda, fdm_loss, lwf_loss
-from .models import WideResNet, check_k
+from .models import WideResNet
+from .runtime import default_device
 from .speed import autocast, check_precision, configure_cuda
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
@@ -36,18 +35,6 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 # The reference's schedule (spec §3): lr 0.1, 1 warm-up epoch, x0.2 at epochs 40/70/90 of 100.
 MILESTONE_FRACTIONS = (0.4, 0.7, 0.9)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA). Call it explicitly; importing the kit seeds nothing."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    """CUDA when present, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def lr_at(
@@ -143,7 +130,7 @@ def fdm_step(
     attack = dict(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
 
     def step(model: WideResNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        split = check_k(model, k) - k
+        split = model.split_index(k)
         x_adv = _craft_in_eval_mode(model, x, y, **attack)
         features_adv = model.forward_features(x_adv, upto=split)
         logits = model.forward_from(features_adv, start=split)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cartl_kit import runs
-from cartl_kit.cache import CachedFeatures, FromSplit, extract, feature_cache_blocker
+from cartl_kit.cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
 from cartl_kit.data import load_dataset, make_loader
 from cartl_kit.transfer import make_student
 from test_runs import copy_of, tiny_source, tiny_transfer  # noqa: F401  (trained_root comes from there too)
@@ -61,7 +61,7 @@ def test_cached_batches_replay_the_loader_and_the_split_model_completes_it(train
     data = load_dataset("digits[5-9]", split="train")
     plain, again = make_loader(data, batch_size=50, seed=3), make_loader(data, batch_size=50, seed=3)
     cached = CachedFeatures(again, extract(student, again, k=3))
-    head = FromSplit(student, k=3)
+    head = TunedTail(student, k=3)
     assert len(cached) == len(plain)
     for epoch in range(2):  # each pass reshuffles, identically
         for (x, y), (f, y2) in zip(plain, cached):

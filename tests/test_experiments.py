@@ -151,7 +151,7 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy(config):
         assert len(strong["broken_by"]) == strong["n"] == recorded["n"]
         assert strong["robust_acc"] == sum(b == "" for b in strong["broken_by"]) / strong["n"]
         assert strong["robust_acc"] <= recorded["robust_acc"] and strong["clean_acc"] == recorded["clean_acc"]
-    again = runs.evaluate(finished, evaluation, device="cpu", progress=False, cached=False)
+    again = runs.evaluate_run(finished, evaluation, device="cpu", progress=False, cached=False)
     assert again["n"] == recorded["n"]
     assert abs(again["clean_acc"] - recorded["clean_acc"]) <= 0.01
     assert abs(again["robust_acc"] - recorded["robust_acc"]) <= 0.01

@@ -113,7 +113,7 @@ def test_evaluations_are_cached_and_tabulated(trained_root, tmp_path, monkeypatc
     evaluation = cfg.EvalConfig(attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=3), max_examples=60)
     sampled = []
     monkeypatch.setattr(runs, "sample", lambda data, n: sampled.append(n) or sample(data, n))
-    result = runs.evaluate(finished, evaluation, device="cpu", progress=False)
+    result = runs.evaluate_run(finished, evaluation, device="cpu", progress=False)
     assert sampled == [60]
     assert result["n"] == 60 and 0 <= result["robust_acc"] <= result["clean_acc"] <= 1
     # n examples means a seeded random subset of the (class-ordered) test split, not its first n

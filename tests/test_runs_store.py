@@ -55,7 +55,7 @@ def _evaluate_worker(run_folder: str, barrier: str, me: int, parties: int) -> st
     _barrier(Path(barrier), me, parties)
     evaluation = cfg.EvalConfig(method="pgd", attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=1),
                                 max_examples=10 + me)
-    runs.evaluate(finished, evaluation, device="cpu", progress=False)
+    runs.evaluate_run(finished, evaluation, device="cpu", progress=False)
     return evaluation.name
 
 
@@ -290,5 +290,5 @@ def test_evaluating_on_more_images_than_the_test_split_is_refused(finished):
     run = runs.load_run(finished)
     evaluation = cfg.EvalConfig(attack=TINY_ATTACK, max_examples=10**9)
     with pytest.raises(runs.RunError, match=r"max_examples = 1000000000 is more than the \d+ test images"):
-        runs.evaluate(run, evaluation, device="cpu", progress=False)
+        runs.evaluate_run(run, evaluation, device="cpu", progress=False)
     assert evaluation.name not in runs.load_run(finished).metrics
