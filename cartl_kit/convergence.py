@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -209,9 +210,9 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     """
     start_time = time.perf_counter()
     check_attack_args(eps=eps, step_size=eps, steps=1)
-    for name, m in (("model", model), ("surrogate", surrogate)):
+    for role_name, m in (("model", model), ("surrogate", surrogate)):
         if m is not None and m.training:
-            raise SanityCheckError(f"the {name} is in training mode; call {name}.eval() first")
+            raise SanityCheckError(f"the {role_name} is in training mode; call {role_name}.eval() first")
     config = config or (QUICK_ENSEMBLE if quick else EnsembleConfig())
     grid = grid or (Grid.quick() if quick else Grid())
     unknown = set(grid.attacks) - {"PGD-CE", "PGD-margin", "APGD-CE"}
@@ -235,21 +236,22 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     def acc(broken: torch.Tensor) -> float:
         return 1.0 - (broken | ~correct).float().mean().item()
 
-    ensembles = []
+    ensembles: list[dict[str, Any]] = []
     for role, cfg in (("headline", config), ("doubled", config.doubled())):
         broken = worst_case(model, x, y, eps=eps, config=cfg, generator=generator())[0]
         everything |= broken
         ensembles.append({"attack": cfg.label, "role": role, "key": cfg.key, "robust_acc": acc(broken)})
-    headline, doubled = ensembles[0]["robust_acc"], ensembles[1]["robust_acc"]
+    headline: float = ensembles[0]["robust_acc"]
+    doubled: float = ensembles[1]["robust_acc"]
 
     # PGD trajectories: one per (loss, step fraction), as long as the longest sweep that reads it.
     losses = {"PGD-CE": "ce", "PGD-margin": "margin"}
     lengths: dict[tuple[str, float], int] = {}
     sweep_restarts = max(grid.restarts) > 1
-    for family in (f for f in grid.attacks if f in losses):
+    for family in (a for a in grid.attacks if a in losses):
         lengths[(losses[family], grid.step_fraction)] = max(grid.steps + (grid.restart_steps,) * sweep_restarts)
-        for f in grid.step_fractions:
-            key = (losses[family], f)
+        for fraction in grid.step_fractions:
+            key = (losses[family], fraction)
             lengths[key] = max(lengths.get(key, 0), grid.step_sweep_steps)
     small = ("ce", grid.small_step_fraction)
     lengths[small] = max(lengths.get(small, 0), grid.small_steps)
@@ -257,6 +259,8 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                                    generator=generator(), active=correct) for (loss, f), n in lengths.items()}
 
     rows: list[dict] = []
+    first: torch.Tensor | None
+    f: float | None
     single: list[tuple[str, float]] = []  # (attack, robust accuracy) of every single attack at eps
 
     def add(attack: str, sweep: str, family: str, steps: int, fraction, restarts: int, broken: torch.Tensor):
@@ -280,7 +284,8 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                 k = grid.step_sweep_steps
                 add(name(family, k, g), "step size", family, k, g, 1, traces[(loss, g)] <= k)
             first = traces[(loss, f)] <= n if sweep_restarts else None
-            more = lambda r, hit: pgd_trace(model, x, y, eps=eps, step_size=f * eps, steps=n, loss=loss,  # noqa: E731
+            more = lambda r, hit: pgd_trace(model, x, y, eps=eps, step_size=grid.step_fraction * eps, steps=n,  # noqa: E731
+                                            loss=loss,
                                             generator=generator(r), active=correct & ~hit) <= n
         else:
             f, n = None, grid.apgd_restart_steps
@@ -292,6 +297,8 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
             more = lambda r, hit: apgd(model, x, y, eps=eps, steps=n, generator=generator(r),  # noqa: E731
                                        active=correct & ~hit)[1]
         if sweep_restarts:
+            if first is None:
+                raise AssertionError("the restart sweep needs its first run")  # set above whenever sweep_restarts
             hit = first
             for r in range(1, max(grid.restarts) + 1):
                 hit = hit if r == 1 else hit | more(r - 1, hit)
@@ -312,7 +319,8 @@ def convergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     check("zero gradient", "CE input gradient at the clean point", zero_grad_frac, 0.5, zero_grad_frac <= 0.5,
           f"zero gradient: the cross-entropy input gradient is exactly zero for {100 * zero_grad_frac:.1f} % of "
           "the clean-correct examples (saturated or non-differentiable model)")
-    eps_rows, eps_attack = [], f"PGD-CE then PGD-margin-{grid.eps_steps} step=eps/4"
+    eps_rows: list[dict[str, Any]] = []
+    eps_attack = f"PGD-CE then PGD-margin-{grid.eps_steps} step=eps/4"
     for e in grid.eps_sweep(eps):
         hit = pgd_trace(model, x, y, eps=e, step_size=e / 4, steps=grid.eps_steps, generator=generator(),
                         active=correct) <= grid.eps_steps

@@ -306,16 +306,17 @@ def subsample(data: ImageData, *, per_class: int | None = None, fraction: float 
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     if fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    share = 0.0 if fraction is None else fraction
     labels = data.labels.numpy()
     chosen = []
     for c in range(data.num_classes):
         members = np.flatnonzero(labels == c)
-        n = per_class if per_class is not None else max(1, int(math.floor(fraction * len(members) + 0.5)))
+        n = per_class if per_class is not None else max(1, int(math.floor(share * len(members) + 0.5)))
         if n > len(members):
             raise ValueError(f"{data.name} {data.split} has {len(members)} images of class {c} "
                              f"({data.classes[c]}), fewer than per_class={n}")
         chosen.append(np.random.default_rng([seed, c]).permutation(members)[:n])
-    suffix = f"@{per_class}/class" if per_class is not None else f"@{fraction * 100:g}%"
+    suffix = f"@{per_class}/class" if per_class is not None else f"@{share * 100:g}%"
     return data.take(np.sort(np.concatenate(chosen)), name=data.name + suffix)
 
 

@@ -124,13 +124,14 @@ def _cifar_globals() -> dict[tuple[str, str], object]:
     ``_codecs.encode`` is how Python 3 writes bytes at protocols 0-2, ``_frombuffer`` how numpy writes arrays
     at protocol 5. All of them only build arrays, dtypes and bytes from data; none runs code it is given.
     """
+    import importlib
     try:
-        from numpy._core import multiarray, numeric
+        multiarray, numeric = (importlib.import_module(f"numpy._core.{m}") for m in ("multiarray", "numeric"))
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray, numeric
+        multiarray, numeric = (importlib.import_module(f"numpy.core.{m}") for m in ("multiarray", "numeric"))
     import _codecs
     admitted = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}
-    table = {(f"{package}.multiarray", name): value
+    table: dict[tuple[str, str], object] = {(f"{package}.multiarray", name): value
              for package in ("numpy.core", "numpy._core") for name, value in admitted.items()}
     table.update({(f"{package}.numeric", "_frombuffer"): numeric._frombuffer
                   for package in ("numpy.core", "numpy._core")})
@@ -265,7 +266,7 @@ def _decode_gtsrb(dataset: str, path: str) -> np.ndarray:
     from PIL import Image
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((GTSRB_SIZE, GTSRB_SIZE), Image.BILINEAR)
+            rgb = image.convert("RGB").resize((GTSRB_SIZE, GTSRB_SIZE), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for missing, truncated, bad files
         raise DatasetCorrupt(dataset, Path(path), f"unreadable image: {err}") from err

@@ -22,11 +22,12 @@ def check_int(name: str, value, *, low: int | None = None, high: int | None = No
     >>> check_int("epochs", 3, low=1)
     3
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
-            (low is not None and value < low) or (high is not None and value > high):
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    number = int(value) if integral else 0
+    if not integral or (low is not None and number < low) or (high is not None and number > high):
         bounds = (f"in {low}..{high}" if high is not None else f">= {low}") if low is not None else ""
         raise ValueError(f"{name} must be an integer {bounds}, got {value!r}".replace("  ", " "))
-    return int(value)
+    return number
 
 
 def check_float(name: str, value, *, low: float | None = None, high: float | None = None,

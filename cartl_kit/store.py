@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeGuard
 
 import torch
 
@@ -350,11 +350,11 @@ def _metric_problem(name: str, result: dict) -> str | None:
     return None
 
 
-def _is_int(value) -> bool:
+def _is_int(value) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value) -> bool:
+def _is_real(value) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
