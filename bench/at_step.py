@@ -64,8 +64,8 @@ def reference_step(model, optimizer, x, y):
 
 def kit_step_fn(model, optimizer, step, x, y, **settings):
     """One SGD step through ``cartl_kit.fit`` itself (one batch, one epoch, constant rate, channels-last)."""
-    return ck.fit(model, [(x, y)], step, epochs=1, base_lr=0.01, warmup_epochs=0, milestones=(), device=x.device,
-                  progress=False, optimizer=optimizer, channels_last=True, **settings)
+    return ck.fit(model, [(x, y)], step, ck.OptimConfig(epochs=1, base_lr=0.01, warmup_epochs=0, milestones=()),
+                  device=x.device, progress=False, optimizer=optimizer, channels_last=True, **settings)
 
 
 def _copy(arch: str, base, device: torch.device, **memory):
@@ -81,7 +81,7 @@ def bench_arch(arch: str, batch: int, repeats: int, device: torch.device, bf16: 
     y = torch.randint(0, 10, (batch,), device=device)
     base = ck.create_model(arch, num_classes=10).to(device)
     flops = 17 * common.forward_flops(base, lambda: base.eval()(x))
-    step = ck.adversarial_step(eps=EPS, step_size=STEP, steps=STEPS)
+    step = ck.adversarial_step(attack=ck.AttackConfig(eps=EPS, step_size=STEP, steps=STEPS))
 
     ref_model, ref_opt = _copy(arch, base, device)
     candidates = {"reference": (lambda: reference_step(ref_model, ref_opt, x, y), "fp32, NCHW")}

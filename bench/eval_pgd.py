@@ -20,6 +20,7 @@ starts, with the range) and writes bench/results/eval_pgd.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def main() -> None:
 
     device = ck.default_device()
     preset = get_preset("quick")
-    attack = preset.evaluation.attack
+    attack = dataclasses.replace(preset.evaluation.attack, steps=args.steps)
     teacher = run(preset.source("at"), root="runs", progress=False)  # shipped with the kit: loads at once
     test = sample(load_dataset(preset.source_dataset, split="test"), args.n)
     x, y = as_float(test.images).to(device), test.labels.to(device)
@@ -61,9 +62,8 @@ def main() -> None:
 
     def kit(mode, net, channels_last, name, images=x, labels=y):
         def call():
-            result = ck.robust_accuracy(net, [(images, labels)], eps=attack.eps, step_size=attack.step_size,
-                                        steps=args.steps, device=device, progress=False, mode=mode,
-                                        channels_last=channels_last)
+            result = ck.robust_accuracy(net, [(images, labels)], attack=attack, device=device, progress=False,
+                                        mode=mode, channels_last=channels_last)
             results.setdefault(name, []).append(result.robust_acc)
             results["clean"] = [result.clean_acc]
         return call

@@ -53,8 +53,9 @@ def main() -> None:
     epochs = optim.epochs
 
     def one_epoch(model, batches, channels_last=False):
-        return lambda: ck.fit(model, batches, ck.natural_step, epochs=1, base_lr=optim.base_lr, warmup_epochs=0,
-                              milestones=(), device=device, progress=False, channels_last=channels_last)
+        return lambda: ck.fit(model, batches, ck.natural_step,
+                              ck.OptimConfig(epochs=1, base_lr=optim.base_lr, warmup_epochs=0, milestones=()),
+                              device=device, progress=False, channels_last=channels_last)
 
     rows = []
     for k in args.ks:

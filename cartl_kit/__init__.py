@@ -3,11 +3,13 @@
 Importing the kit changes nothing (no seeding, no device work). The engine's public API:
 
 - models: ``create_model``, ``blocks``, ``ARCHITECTURES``, ``set_half_residual``
-- attacks: ``pgd_linf``, ``pgd_linf_any`` (any-iterate, the fast evaluation path), ``fgsm``
+- attacks: ``pgd_linf``, ``pgd_linf_any`` (any-iterate, the fast evaluation path), ``fgsm``; ``AttackConfig``,
+  how step functions, evaluation and analysis are given a PGD attack
 - losses: ``fdm_loss``, ``lwf_loss``
 - NEFT: ``apply_neft``, ``remove_neft``, ``neft_report``
 - transfer: ``make_student``, ``BN_CASES``, ``trainable_summary``
-- training: ``fit``, ``natural_step``, ``adversarial_step``, ``fdm_step``, ``lwf_step``, ``lr_at``
+- training: ``fit`` (with an ``OptimConfig``), ``natural_step``, ``adversarial_step``, ``fdm_step``, ``lwf_step``,
+  ``lr_at``
 - strong attacks: ``apgd``, ``apgd_targeted`` (Croce & Hein's APGD with CE / targeted DLR losses)
 - evaluation: ``ensemble_accuracy`` (the headline: worst case over a large-step PGD guard, APGD-CE and
   APGD-T), ``EnsembleConfig``, ``worst_case``; ``accuracy``, ``robust_accuracy`` (the paper's PGD-k),
@@ -17,7 +19,8 @@ Importing the kit changes nothing (no seeding, no device work). The engine's pub
 """
 
 from .apgd import apgd, apgd_targeted
-from .attacks import fgsm, pgd_linf, pgd_linf_any
+from .attacks import AttackConfig, fgsm, pgd_linf, pgd_linf_any
+from .config import OptimConfig
 from .ensemble import EnsembleConfig, EnsembleResult, ensemble_accuracy, worst_case
 from .evaluate import EvalResult, SanityCheckError, accuracy, check_model, compare_precision, robust_accuracy
 from .losses import fdm_loss, lwf_loss
@@ -28,7 +31,8 @@ from .train import adversarial_step, fdm_step, fit, lr_at, lwf_step, natural_ste
 from .transfer import BN_CASES, FrozenBatchNorm2d, get_bn_case, make_student, trainable_summary
 
 __all__ = [
-    "ARCHITECTURES", "BN_CASES", "EnsembleConfig", "EnsembleResult", "EvalResult", "FrozenBatchNorm2d", "SanityCheckError", "WideResNet",
+    "ARCHITECTURES", "AttackConfig", "BN_CASES", "EnsembleConfig", "EnsembleResult", "EvalResult", "FrozenBatchNorm2d",
+    "OptimConfig", "SanityCheckError", "WideResNet",
     "accuracy", "adversarial_step", "apgd", "apgd_targeted", "apply_neft", "blocks", "check_model", "compare_precision", "conv_operator_norm",
     "create_model", "default_device", "ensemble_accuracy", "fdm_loss", "fdm_step", "fgsm", "fit", "get_bn_case", "lr_at",
     "lwf_loss", "lwf_step", "make_student", "natural_step", "neft_report", "pgd_linf", "pgd_linf_any", "remove_neft",

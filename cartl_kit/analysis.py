@@ -18,8 +18,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .attacks import check_attack_args, pgd_linf
-from .config import AttackConfig
+from .attacks import AttackConfig, pgd_linf
 from .data import sample
 from .images import ImageData
 from .loaders import make_loader
@@ -76,11 +75,7 @@ def feature_distances(
     data,
     *,
     k: int,
-    attack: AttackConfig | None = None,
-    eps: float | None = None,
-    step_size: float | None = None,
-    steps: int | None = None,
-    random_start: bool | None = None,
+    attack: AttackConfig | None = AttackConfig(),
     max_examples: int | None = None,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
@@ -97,12 +92,9 @@ def feature_distances(
         model: a WideResNet in eval mode (e.g. ``cartl_kit.runs.run(config).model``).
         data: an ``ImageData`` split, a loader of ``(x, y)`` batches with x in [0, 1], or one ``(x, y)`` pair.
         k: fine-tuning depth; the feature is the input of block L−k+1.
-        attack: an ``AttackConfig`` (e.g. ``preset.train_attack``) giving eps, step_size, steps and
-            random_start (default: the reference's PGD-7, 8/255, 2/255); the keywords below override it.
-        eps: L-inf radius in pixel units; 0 means no attack (x′ = x, every distance 0).
-        step_size: PGD step in pixel units.
-        steps: PGD steps (0: x′ is the random start, or x without one).
-        random_start: start PGD at a uniform random point of the eps-ball.
+        attack: the PGD attack that crafts x′, e.g. ``preset.train_attack`` (default: the reference's
+            PGD-7, eps 8/255, step 2/255); ``steps=0`` makes x′ the random start (or x without one);
+            ``None`` means no attack (x′ = x, every distance 0).
         max_examples: use only n examples (default: all): a seeded random subset of an ImageData, the
             first n of a loader or an (x, y) pair.
         batch_size: examples per forward pass when ``data`` is an ImageData or an (x, y) pair.
@@ -117,17 +109,13 @@ def feature_distances(
     Example:
         >>> feature_distances(teacher, load_dataset("mnist5k[0-4]", split="test"), k=4, attack=preset.train_attack, max_examples=300)
     """
-    defaults = attack or AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7)
-    eps = defaults.eps if eps is None else eps
-    step_size = defaults.step_size if step_size is None else step_size
-    steps = defaults.steps if steps is None else steps
-    random_start = defaults.random_start if random_start is None else random_start
-    if eps != 0:
-        check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    if attack is not None and not isinstance(attack, AttackConfig):
+        raise ValueError(f"attack must be an AttackConfig (e.g. preset.train_attack) or None (no attack), got {attack!r}")
 
     def distance(x: torch.Tensor, y: torch.Tensor, split: int) -> torch.Tensor:
-        x_adv = x if eps == 0 else pgd_linf(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                             random_start=random_start, generator=generator)
+        x_adv = x if attack is None else pgd_linf(model, x, y, eps=attack.eps, step_size=attack.step_size,
+                                                   steps=attack.steps, random_start=attack.random_start,
+                                                   generator=generator)
         with torch.no_grad():
             return _rms(model.forward_features(x_adv, upto=split) - model.forward_features(x, upto=split))
 

@@ -4,17 +4,22 @@ Attacks are pure functions: they take a model, clean images in [0, 1] and labels
 adversarial images inside the eps-ball and inside [0, 1]. Gradients are taken with
 ``torch.autograd.grad`` on the input only; model parameters are never touched and the model's
 train/eval mode is left to the caller (training crafts examples in eval mode, like the reference).
+``AttackConfig`` is the one way the rest of the kit (step functions, evaluation, analysis, configs)
+is given a PGD attack's parameters.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from .params import check_bool
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,6 +33,27 @@ def check_attack_args(*, eps: float, step_size: float, steps: int) -> None:
         raise ValueError(f"step_size must be > 0 and finite (pixel units, e.g. 2/255), got {step_size!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """L-inf PGD in pixel units (default: the reference's training attack, PGD-7 with eps 8/255, step 2/255).
+
+    Validated on construction (``check_attack_args``), so a bad value fails before anything runs.
+
+    Example:
+        >>> AttackConfig(eps=0.3, step_size=0.1, steps=7)
+        AttackConfig(eps=0.3, step_size=0.1, steps=7, random_start=True)
+    """
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 7
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_attack_args(eps=self.eps, step_size=self.step_size, steps=self.steps)
+        check_bool("random_start", self.random_start)
 
 
 PIXEL_TOLERANCE = 1e-4  # float rounding of images in [0, 1]; scaled (0..255) or normalised images are far outside

@@ -11,6 +11,8 @@ torch's global generator) and keeps the model on its own device, in eval mode wh
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Sequence
 
 import torch
@@ -19,12 +21,11 @@ from torch import nn
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
-def _import():
-    try:
-        import pyautoattack
+def _import() -> ModuleType:
+    try:  # an optional dependency without type information: imported by name, used untyped
+        return importlib.import_module("pyautoattack")
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("cartl_kit.autoattack needs pyautoattack: pip install pyautoattack") from error
-    return pyautoattack
 
 
 def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,

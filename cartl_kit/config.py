@@ -4,8 +4,9 @@ A ``SourceConfig`` says how a robust source model (teacher) is trained: Madry AT
 AT + FDM (``method="fdm"`` with ``k`` and ``lam``). A ``TransferConfig`` says how a student is made
 from a teacher: vanilla fine-tuning (``"tl"``), NEFT (``"neft"`` with ``beta``) or LwF (``"lwf"`` with
 ``lwf_lam``), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
-the attack that measures robust accuracy. Configs validate themselves on construction, so a bad value
-fails before anything is trained or written, and ``config_hash`` gives a run its identity.
+the attack that measures robust accuracy (``AttackConfig`` lives with the attacks, ``cartl_kit.attacks``).
+Configs validate themselves on construction, so a bad value fails before anything is trained or written,
+and ``config_hash`` gives a run its identity.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from .attacks import AttackConfig  # re-exported: ``from cartl_kit.config import AttackConfig`` keeps working
 from .data import list_datasets, parse_name
 from .ensemble import EnsembleConfig
 from .losses import check_lambda
@@ -26,21 +28,6 @@ from .transfer import BN_CASE_ALIASES, BN_CASES
 SOURCE_METHODS = ("at", "fdm")
 TRANSFER_METHODS = ("tl", "neft", "lwf")
 EVAL_METHODS = ("ensemble", "pgd", "autoattack")
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """L-inf PGD in pixel units."""
-
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 7
-    random_start: bool = True
-
-    def __post_init__(self) -> None:
-        from .attacks import check_attack_args
-        check_attack_args(eps=self.eps, step_size=self.step_size, steps=self.steps)
-        check_bool("random_start", self.random_start)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ each attack, so a table can say which attack a number comes from.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .apgd import apgd, apgd_targeted
 from .attacks import check_attack_args, check_images, pgd_linf_any
@@ -183,8 +184,8 @@ def ensemble_accuracy(model: nn.Module, loader: Batches, *, eps: float, config: 
     model.to(device)
     by: list[str] = []
     seen = 0
-    total = len(loader) if hasattr(loader, "__len__") else None
-    for index, (x, y) in enumerate(tqdm(loader, total=total, desc="ensemble", disable=not progress, leave=False)):
+    total = len(loader) if isinstance(loader, Sized) else None
+    for index, (x, y) in enumerate(progress_bar(loader, total=total, desc="ensemble", disable=not progress)):
         x, y = x.to(device), y.to(device)
         if max_examples is not None:
             x, y = x[: max_examples - seen], y[: max_examples - seen]

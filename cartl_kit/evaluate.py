@@ -10,18 +10,22 @@ that are all zero (gradient masking: PGD would then do nothing).
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
-from .attacks import check_attack_args, pgd_linf, pgd_linf_any
+from .attacks import AttackConfig, pgd_linf, pgd_linf_any
 from .speed import autocast, check_precision, configure_cuda
 from .runtime import default_device
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+PAPER_ATTACK = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100)  # the paper's PGD-100, random start
+NO_ATTACK = AttackConfig(eps=1.0, step_size=1.0, steps=0, random_start=False)  # clean accuracy only
 
 
 class SanityCheckError(ValueError):
@@ -92,18 +96,15 @@ def accuracy(model: nn.Module, loader: Batches, *, device: torch.device | str | 
     Example:
         >>> accuracy(model.eval(), test_loader)
     """
-    return robust_accuracy(model, loader, eps=1.0, step_size=1.0, steps=0, random_start=False,
-                           device=device, max_examples=max_examples, progress=progress).clean_acc
+    return robust_accuracy(model, loader, attack=NO_ATTACK, device=device, max_examples=max_examples,
+                           progress=progress).clean_acc
 
 
 def robust_accuracy(
     model: nn.Module,
     loader: Batches,
     *,
-    eps: float = 8 / 255,
-    step_size: float = 2 / 255,
-    steps: int = 100,
-    random_start: bool = True,
+    attack: AttackConfig = PAPER_ATTACK,
     device: torch.device | str | None = None,
     max_examples: int | None = None,
     generator: torch.Generator | None = None,
@@ -117,7 +118,7 @@ def robust_accuracy(
     Args:
         model: the classifier, in eval mode (checked, with the other sanity checks, on the first batch).
         loader: batches ``(x, y)`` with x in [0, 1].
-        eps, step_size, steps, random_start: the L-inf PGD attack (paper: 8/255, 2/255, 100, True);
+        attack: the L-inf PGD attack (default the paper's PGD-100: 8/255, step 2/255, random start);
             ``steps=0`` measures clean accuracy only.
         device: default CUDA if present, else CPU; the model is moved there.
         max_examples: evaluate only the first n examples the loader yields (default: all). Test splits
@@ -137,18 +138,22 @@ def robust_accuracy(
         An ``EvalResult`` with fractions ``clean_acc`` and ``robust_acc``.
 
     Example:
-        >>> robust_accuracy(model.eval(), test_loader, eps=8/255, step_size=2/255, steps=100)
+        >>> robust_accuracy(model.eval(), test_loader, attack=AttackConfig(eps=8/255, step_size=2/255, steps=100))
     """
-    check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    if not isinstance(attack, AttackConfig):
+        raise ValueError(f"attack must be an AttackConfig, e.g. AttackConfig(eps=8/255, step_size=2/255, steps=100), "
+                         f"got {attack!r}")
     if mode not in ("final", "any"):
         raise ValueError(f"mode must be 'final' (the paper's final-iterate PGD) or 'any' (the fast any-iterate path), got {mode!r}")
     check_precision(precision)
     device = torch.device(device) if device is not None else default_device()
     configure_cuda(device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     clean = robust = seen = 0
-    total = len(loader) if hasattr(loader, "__len__") else None
-    for index, batch in enumerate(tqdm(loader, total=total, desc="evaluate", disable=not progress, leave=False)):
+    total = len(loader) if isinstance(loader, Sized) else None
+    for index, batch in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress)):
         x, y = _move(batch, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -157,8 +162,7 @@ def robust_accuracy(
         if index == 0:
             check_model(model, x, y)
         with autocast(device, precision):
-            clean_batch, robust_batch = _attack_batch(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                                      random_start=random_start, generator=generator, mode=mode)
+            clean_batch, robust_batch = _attack_batch(model, x, y, attack=attack, generator=generator, mode=mode)
         clean += clean_batch
         robust += robust_batch
         seen += len(y)
@@ -166,45 +170,48 @@ def robust_accuracy(
             break
     if seen == 0:
         raise ValueError("the loader yielded no examples to evaluate")
-    attack = ("pgd_linf" if mode == "final" else "pgd_linf_any") if steps else "none"
-    return EvalResult(clean_acc=clean / seen, robust_acc=robust / seen, n=seen, attack=attack,
-                      eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+    name = ("pgd_linf" if mode == "final" else "pgd_linf_any") if attack.steps else "none"
+    return EvalResult(clean_acc=clean / seen, robust_acc=robust / seen, n=seen, attack=name, eps=attack.eps,
+                      step_size=attack.step_size, steps=attack.steps, random_start=attack.random_start)
 
 
-def _attack_batch(model, x, y, *, eps, step_size, steps, random_start, generator, mode) -> tuple[int, int]:
+def _attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: AttackConfig,
+                  generator: torch.Generator | None, mode: str) -> tuple[int, int]:
     """Clean-correct and robust counts of one batch."""
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    if steps > 0 and mode == "any":
-        _, broken = pgd_linf_any(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                                 random_start=random_start, generator=generator, active=correct)
-        return correct.sum().item(), (~broken).sum().item()
-    if steps > 0:
-        x_adv = pgd_linf(model, x, y, eps=eps, step_size=step_size, steps=steps,
-                         random_start=random_start, generator=generator)
+    clean = int(correct.sum().item())
+    if attack.steps > 0 and mode == "any":
+        _, broken = pgd_linf_any(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                                 random_start=attack.random_start, generator=generator, active=correct)
+        return clean, int((~broken).sum().item())
+    if attack.steps > 0:
+        x_adv = pgd_linf(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                         random_start=attack.random_start, generator=generator)
         with torch.no_grad():
-            return correct.sum().item(), (model(x_adv).argmax(1) == y).sum().item()
-    return correct.sum().item(), correct.sum().item()
+            return clean, int((model(x_adv).argmax(1) == y).sum().item())
+    return clean, clean
 
 
-def compare_precision(model: nn.Module, loader: Batches, *, max_examples: int = 500, seed: int = 0,
-                      tolerance: float = 0.01, device: torch.device | str | None = None, **attack) -> dict:
+def compare_precision(model: nn.Module, loader: Batches, *, attack: AttackConfig = PAPER_ATTACK, mode: str = "final",
+                      max_examples: int = 500, seed: int = 0, tolerance: float = 0.01,
+                      device: torch.device | str | None = None) -> dict:
     """Robust accuracy in fp32 and in bf16 on the same examples and random starts: may bf16 stand in?
 
     Args:
         model, loader, device: as in ``robust_accuracy`` (model in eval mode).
+        attack, mode: the attack and its mode, as in ``robust_accuracy``.
         max_examples: how many examples to compare on (the loader's first; pass a ``sample`` for a
             representative subset).
         seed: seed of the random starts, the same for both precisions.
         tolerance: the largest difference (fraction) of clean and robust accuracy still called agreement.
-        **attack: ``eps``, ``step_size``, ``steps``, ``random_start``, ``mode`` of ``robust_accuracy``.
 
     Returns:
         ``{"fp32": EvalResult, "bf16": EvalResult, "clean_diff": float, "robust_diff": float,
         "agree": bool}`` with the differences as bf16 minus fp32.
 
     Example:
-        >>> compare_precision(model.eval(), test_loader, eps=8/255, step_size=2/255, steps=20)["agree"]
+        >>> compare_precision(model.eval(), test_loader, attack=AttackConfig(steps=20))["agree"]
     """
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance is a fraction in [0, 1), e.g. 0.01 for one point, got {tolerance}")
@@ -212,8 +219,8 @@ def compare_precision(model: nn.Module, loader: Batches, *, max_examples: int = 
     results = {}
     for precision in ("fp32", "bf16"):
         generator = torch.Generator(device=device).manual_seed(seed)
-        results[precision] = robust_accuracy(model, loader, max_examples=max_examples, generator=generator,
-                                             device=device, progress=False, precision=precision, **attack)
+        results[precision] = robust_accuracy(model, loader, attack=attack, mode=mode, max_examples=max_examples,
+                                             generator=generator, device=device, progress=False, precision=precision)
     clean_diff = results["bf16"].clean_acc - results["fp32"].clean_acc
     robust_diff = results["bf16"].robust_acc - results["fp32"].robust_acc
     return {**results, "clean_diff": clean_diff, "robust_diff": robust_diff,

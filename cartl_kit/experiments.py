@@ -34,8 +34,8 @@ FROM_SCRATCH_DIR = "from-scratch"  # where demo(from_scratch=True) keeps its run
 
 
 def say(message: str) -> None:
-    from tqdm.auto import tqdm
-    tqdm.write(message, file=sys.stderr)
+    from .progress import write
+    write(message, file=sys.stderr)
 
 
 def shipped_teacher_configs(preset: str | Preset = "quick", seed: int = 0) -> list[SourceConfig]:
@@ -156,10 +156,10 @@ def demo(preset: str | Preset = "quick", *, root=None, device=None, from_scratch
             notes.append(f"{name} teacher loaded from the kit's shipped runs ({finished.path.name}); "
                          "train it yourself with --from-scratch")
     rows = []
-    for index, (label, config) in enumerate(students, len(teachers) + 1):
-        found = find_run(config, root, shipped=shipped)
-        log(f"[{index}/{steps}] {label} ({config.slug}): {'found' if found else 'fine-tuning'}")
-        rows.append(run_row(config, evaluation, root=root, device=device, progress=progress,
+    for index, (label, student) in enumerate(students, len(teachers) + 1):
+        found = find_run(student, root, shipped=shipped)
+        log(f"[{index}/{steps}] {label} ({student.slug}): {'found' if found else 'fine-tuning'}")
+        rows.append(run_row(student, evaluation, root=root, device=device, progress=progress,
                             shipped=shipped, pgd=pgd, label=label))
     table = pd.DataFrame(rows)
     teacher_table = pd.DataFrame(teacher_rows)

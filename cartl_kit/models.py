@@ -10,10 +10,15 @@ forward order, then the final BatchNorm + LeakyReLU(0.1) (+ global average pooli
 then the linear head. WRN-34 has L = 17, WRN-28 L = 14, WRN-16 L = 8. "Fine-tune the last k blocks"
 means blocks L-k+1 .. L (1-based); ``forward_features(x, upto=L-k)`` is the FDM feature, the input of
 block L-k+1.
+
+Weights are drawn from the global random state, or from a ``torch.Generator`` passed as ``generator=``
+(``create_model``, ``reset_head``): then the global state is left untouched, and a generator seeded with s
+gives the weights ``torch.manual_seed(s)`` followed by the global-state path would give.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +59,9 @@ ARCHITECTURES: dict[str, WRNSpec] = {
 class Normalize(nn.Module):
     """(x - mean) / std with per-channel buffers; checks the channel count of its input."""
 
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         if len(mean) != len(std):
@@ -65,7 +73,7 @@ class Normalize(nn.Module):
 
     @property
     def channels(self) -> int:
-        return self.mean.shape[1]
+        return int(self.mean.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -130,6 +138,7 @@ class WideResNet(nn.Module):
         in_channels: int = 3,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -140,25 +149,32 @@ class WideResNet(nn.Module):
             raise ValueError(
                 f"mean/std have {self.normalize.channels} channels but in_channels={in_channels}; they must agree"
             )
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        units: list[nn.Module] = []
-        for group, stride in enumerate((1, 2, 2)):
-            for i in range(n):
-                in_ch = widths[group] if i == 0 else widths[group + 1]
-                units.append(WideBasicUnit(in_ch, widths[group + 1], stride if i == 0 else 1))
-        self.blocks = nn.ModuleList([*units, FinalNorm(widths[3]), nn.Linear(widths[3], num_classes)])
-        self._init_weights()
+        # Constructing a layer draws PyTorch's default init from the global state; with a generator, on a
+        # fork of it (left as it was), and _init_weights draws them again from the generator.
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self.stem = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+            units: list[nn.Module] = []
+            for group, stride in enumerate((1, 2, 2)):
+                for i in range(n):
+                    in_ch = widths[group] if i == 0 else widths[group + 1]
+                    units.append(WideBasicUnit(in_ch, widths[group + 1], stride if i == 0 else 1))
+            self.blocks = nn.ModuleList([*units, FinalNorm(widths[3]), nn.Linear(widths[3], num_classes)])
+        self._init_weights(generator)
 
     def split_index(self, k: int) -> int:
         """The index of the first of the last ``k`` blocks (0-based), i.e. ``L - k``; checks ``k``."""
         return check_k(self, k) - k
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, generator: torch.Generator | None) -> None:
         # The reference: Kaiming-normal fan_out for convs, BN (1, 0), Linear keeps its default
         # weight init and only zeroes its bias.
+        if generator is not None:  # first the default init construction drew, in construction order
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    _default_init_(m, generator)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -175,8 +191,16 @@ class WideResNet(nn.Module):
         return self.normalize.channels
 
     @property
+    def head(self) -> nn.Linear:
+        """Block L, the linear classifier."""
+        head = self.blocks[-1]
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"the last block of a WideResNet is its linear head, found {type(head).__name__}")
+        return head
+
+    @property
     def num_classes(self) -> int:
-        return self.blocks[-1].out_features
+        return self.head.out_features
 
     def forward_features(self, x: torch.Tensor, *, upto: int) -> torch.Tensor:
         """Output of block ``upto`` (1-based; 0 = the stem's output), i.e. the input of block upto+1.
@@ -201,12 +225,26 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(self.forward_features(x, upto=0), start=0)
 
-    def reset_head(self, num_classes: int) -> None:
-        """Replace block L (fc) by a fresh Linear layer: PyTorch's default weight init, zero bias."""
-        old = self.blocks[-1]
-        fc = nn.Linear(old.in_features, num_classes).to(device=old.weight.device, dtype=old.weight.dtype)
+    def reset_head(self, num_classes: int, *, generator: torch.Generator | None = None) -> None:
+        """Replace block L (fc) by a fresh Linear layer: PyTorch's default weight init (drawn from
+        ``generator``, default the global state), zero bias."""
+        old = self.head
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            fc = nn.Linear(old.in_features, num_classes)
+        if generator is not None:
+            _default_init_(fc, generator)
+        fc = fc.to(device=old.weight.device, dtype=old.weight.dtype)
         nn.init.zeros_(fc.bias)
         self.blocks[-1] = fc
+
+
+def _default_init_(layer: nn.Conv2d | nn.Linear, generator: torch.Generator) -> None:
+    """PyTorch's default init of a conv or linear layer (its ``reset_parameters``), drawn from ``generator``."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    if layer.bias is not None:
+        fan_in = layer.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 def create_model(
@@ -217,6 +255,7 @@ def create_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     half_residual_k: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> WideResNet:
     """Build a Wide ResNet preset exactly as the reference does, with normalisation inside.
 
@@ -228,6 +267,7 @@ def create_model(
         std: per-channel std of the input normalisation (default 1: no scaling).
         half_residual_k: if given, the residual units inside the last k blocks compute
             0.5·shortcut + 0.5·residual (the reference's "pwrn" student for NEFT/CARTL).
+        generator: CPU ``torch.Generator`` for the random weights; default the global random state.
 
     Returns:
         The model; ``blocks(model)`` lists its L blocks.
@@ -242,7 +282,8 @@ def create_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    model = WideResNet(ARCHITECTURES[arch], num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+    model = WideResNet(ARCHITECTURES[arch], num_classes=num_classes, in_channels=in_channels, mean=mean, std=std,
+                       generator=generator)
     if half_residual_k is not None:
         set_half_residual(model, k=half_residual_k)
     return model

@@ -30,9 +30,16 @@ def check_beta(beta: float) -> None:
 
 
 class ScaledSpectralNorm(nn.Module):
-    """Parametrisation W -> β·W/σ(W) with a persistent power iteration (u, v are buffers)."""
+    """Parametrisation W -> β·W/σ(W) with a persistent power iteration (u, v are buffers).
 
-    def __init__(self, weight: torch.Tensor, *, beta: float, power_iterations: int = 1, eps: float = 1e-12) -> None:
+    The power iteration starts from random unit vectors, drawn from ``generator`` (default the global state).
+    """
+
+    u: torch.Tensor  # (out,)
+    v: torch.Tensor  # (in*kh*kw,)
+
+    def __init__(self, weight: torch.Tensor, *, beta: float, power_iterations: int = 1, eps: float = 1e-12,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         check_beta(beta)
         if power_iterations < 1:
@@ -41,8 +48,8 @@ class ScaledSpectralNorm(nn.Module):
         self.power_iterations = power_iterations
         self.eps = eps
         matrix = weight.detach().flatten(1)  # (out, in*kh*kw)
-        u = F.normalize(torch.randn(matrix.shape[0], dtype=matrix.dtype, device=matrix.device), dim=0, eps=eps)
-        v = F.normalize(torch.randn(matrix.shape[1], dtype=matrix.dtype, device=matrix.device), dim=0, eps=eps)
+        u = F.normalize(_randn(matrix.shape[0], like=matrix, generator=generator), dim=0, eps=eps)
+        v = F.normalize(_randn(matrix.shape[1], like=matrix, generator=generator), dim=0, eps=eps)
         self.register_buffer("u", u)
         self.register_buffer("v", v)
 
@@ -67,10 +74,17 @@ class ScaledSpectralNorm(nn.Module):
         return f"beta={self.beta}, power_iterations={self.power_iterations}"
 
 
-def neft_layers(model: WideResNet, *, k: int) -> list[tuple[str, nn.Module]]:
+def _randn(n: int, *, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """n standard-normal draws with ``like``'s dtype and device (drawn on the generator's device)."""
+    if generator is None:
+        return torch.randn(n, dtype=like.dtype, device=like.device)
+    return torch.randn(n, dtype=like.dtype, device=generator.device, generator=generator).to(like.device)
+
+
+def neft_layers(model: WideResNet, *, k: int) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """(qualified name, module) of every Conv2d/Linear inside the last k blocks, in forward order."""
     num_blocks = check_k(model, k)
-    layers = []
+    layers: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for index in range(num_blocks - k, num_blocks):
         for name, module in model.blocks[index].named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -78,7 +92,8 @@ def neft_layers(model: WideResNet, *, k: int) -> list[tuple[str, nn.Module]]:
     return layers
 
 
-def apply_neft(model: WideResNet, *, k: int, beta: float, power_iterations: int = 1) -> list[str]:
+def apply_neft(model: WideResNet, *, k: int, beta: float, power_iterations: int = 1,
+               generator: torch.Generator | None = None) -> list[str]:
     """Reparametrise every conv/linear weight of the last k blocks as β·W/σ(W), in place.
 
     Args:
@@ -86,6 +101,7 @@ def apply_neft(model: WideResNet, *, k: int, beta: float, power_iterations: int 
         k: number of fine-tuned blocks, 1 <= k <= L.
         beta: bound β > 0 on each layer's spectral norm (the paper: 1.0, 0.6, 0.4).
         power_iterations: power-iteration steps per training forward (the reference uses 1).
+        generator: ``torch.Generator`` for the power iteration's random start; default the global state.
 
     Returns:
         The names of the reparametrised layers (WRN-34, k = 8: 14 layers).
@@ -100,16 +116,28 @@ def apply_neft(model: WideResNet, *, k: int, beta: float, power_iterations: int 
             raise ValueError(f"{name} already has NEFT applied; call remove_neft(model) first")
     for _, module in layers:
         parametrize.register_parametrization(
-            module, "weight", ScaledSpectralNorm(module.weight, beta=beta, power_iterations=power_iterations)
+            module, "weight", ScaledSpectralNorm(module.weight, beta=beta, power_iterations=power_iterations,
+                                                 generator=generator)
         )
     return [name for name, _ in layers]
+
+
+def _weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations of a parametrized module's ``weight`` (they hold the trained ``original``)."""
+    parametrizations = module.parametrizations
+    if not isinstance(parametrizations, nn.ModuleDict) or "weight" not in parametrizations:
+        raise ValueError(f"{type(module).__name__} has no parametrized weight")
+    weight = parametrizations["weight"]
+    if not isinstance(weight, parametrize.ParametrizationList):
+        raise ValueError(f"{type(module).__name__}.parametrizations.weight is not a ParametrizationList")
+    return weight
 
 
 def _neft_modules(model: nn.Module) -> list[tuple[str, nn.Module, ScaledSpectralNorm]]:
     found = []
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
+            for p in _weight_parametrizations(module):
                 if isinstance(p, ScaledSpectralNorm):
                     found.append((name, module, p))
     return found
@@ -141,25 +169,29 @@ def conv_operator_norm(conv: nn.Conv2d, input_shape: tuple[int, int, int], *, it
 
     This is the true Lipschitz constant of the layer, which σ of the reshaped kernel does not bound.
     """
+    if isinstance(conv.padding, str):
+        raise ValueError(f"conv_operator_norm needs a numeric padding, got padding={conv.padding!r}")
+    padding = conv.padding
     weight = conv.weight.detach()
     x = torch.randn(1, *input_shape, dtype=weight.dtype, device=weight.device)
     x = x / x.norm()
     norm = 0.0
     for _ in range(iterations):
-        y = F.conv2d(x, weight, stride=conv.stride, padding=conv.padding)
-        x = F.conv_transpose2d(y, weight, stride=conv.stride, padding=conv.padding,
-                               output_padding=_output_padding(conv, input_shape, y.shape))
+        y = F.conv2d(x, weight, stride=conv.stride, padding=padding)
+        x = F.conv_transpose2d(y, weight, stride=conv.stride, padding=padding,
+                               output_padding=_output_padding(conv, padding, input_shape, y.shape))
         norm = x.norm().sqrt().item()
         x = x / x.norm()
     return norm
 
 
-def _output_padding(conv: nn.Conv2d, input_shape: tuple[int, int, int], out_shape: torch.Size) -> tuple[int, int]:
+def _output_padding(conv: nn.Conv2d, padding: tuple[int, ...], input_shape: tuple[int, int, int],
+                    out_shape: torch.Size) -> tuple[int, int]:
     pads = []
     for dim in range(2):
-        size = (out_shape[2 + dim] - 1) * conv.stride[dim] - 2 * conv.padding[dim] + conv.kernel_size[dim]
+        size = (out_shape[2 + dim] - 1) * conv.stride[dim] - 2 * padding[dim] + conv.kernel_size[dim]
         pads.append(input_shape[1 + dim] - size)
-    return tuple(pads)
+    return pads[0], pads[1]
 
 
 def neft_report(model: nn.Module) -> list[dict]:
@@ -170,7 +202,7 @@ def neft_report(model: nn.Module) -> list[dict]:
     """
     rows = []
     for name, module, spectral in _neft_modules(model):
-        original = module.parametrizations.weight.original
+        original = _weight_parametrizations(module).original
         with torch.no_grad():
             estimate = spectral.sigma(original).item()
             effective = spectral.beta * original / estimate

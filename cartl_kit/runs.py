@@ -5,6 +5,9 @@
 final weights, NEFT baked in: a plain state dict). ``model.pt`` is written last, so a folder without it
 is unfinished; while training, ``checkpoint.pt`` (model, optimiser, epoch, history, random states) is
 replaced atomically after every epoch, so an interrupted run resumes from its last finished epoch.
+Training draws its randomness (weights, NEFT's power-iteration start, PGD's random starts, the loader's
+shuffling and augmentation) from ``torch.Generator`` streams seeded by the config's seed, never from the
+global random state, so a run is repeatable whatever the caller seeded.
 Running a config whose folder is complete loads it instead of training. Checkpoints are read with
 ``torch.load(weights_only=True)``: no arbitrary objects are unpickled. How the folders are written,
 locked and checked is ``store``'s business; ``load_runs`` warns about a bad folder and skips it.
@@ -16,9 +19,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
+from torch import nn
 
 from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
@@ -30,8 +34,10 @@ from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, MODEL_FILE, SHIPPED_RUN
                     check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
                     read_history, read_metrics, remove_temporaries, run_path, runs_root, save_tensors, write_json)
 from .runtime import default_device
-from .train import adversarial_step, fdm_step, fit, lwf_step, natural_step
+from .train import Batches, StepFn, adversarial_step, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,19 +57,32 @@ def _data(name: str, split: str) -> ImageData:
     return load_dataset(name, split=split)
 
 
-def build_source_model(config: SourceConfig, data: ImageData) -> WideResNet:
+def _given(value: T | None, what: str) -> T:
+    """``value``, narrowed from Optional; a config that passed validation always has it."""
+    if value is None:
+        raise ValueError(f"the config lacks {what}")
+    return value
+
+
+def build_source_model(config: SourceConfig, data: ImageData, *,
+                       generator: torch.Generator | None = None) -> WideResNet:
+    """The untrained source model of ``config`` (weights from ``generator``, default the global state)."""
     mean, std = dataset_stats(config.dataset)
-    return create_model(config.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std)
+    return create_model(config.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std,
+                        generator=generator)
 
 
-def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData) -> WideResNet:
+def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData, *,
+                  generator: torch.Generator | None = None) -> WideResNet:
+    """The untrained student of ``config``: a new head and NEFT's power-iteration start drawn from ``generator``."""
     if data.channels != teacher.in_channels:
         raise ValueError(f"target {config.dataset} has {data.channels} channel(s) but the teacher takes "
                          f"{teacher.in_channels}; pick a target with matching channels")
     student = make_student(teacher, k=config.k, num_classes=data.num_classes, bn_case=config.bn_case,
-                           half_residual=config.half_residual)
+                           half_residual=_given(config.half_residual, "half_residual"), generator=generator)
     if config.method == "neft":
-        apply_neft(student, k=config.k, beta=config.beta, power_iterations=config.power_iterations)
+        apply_neft(student, k=config.k, beta=_given(config.beta, "beta (method 'neft')"),
+                   power_iterations=config.power_iterations, generator=generator)
     return student
 
 
@@ -83,20 +102,31 @@ def plain_model(config: Config, *, num_classes: int, in_channels: int) -> WideRe
 
 # --- training -----------------------------------------------------------------------------------
 
-def _step_for(config: Config, teacher: WideResNet | None):
+def _step_for(config: Config, teacher: WideResNet | None, *, generator: torch.Generator) -> StepFn:
     if isinstance(config, SourceConfig):
-        attack = dict(eps=config.attack.eps, step_size=config.attack.step_size, steps=config.attack.steps,
-                      random_start=config.attack.random_start)
         if config.method == "fdm":
-            return fdm_step(k=config.k, lam=config.lam, **attack)
-        return adversarial_step(**attack)
+            return fdm_step(k=_given(config.k, "k (method 'fdm')"), lam=_given(config.lam, "lam (method 'fdm')"),
+                            attack=config.attack, generator=generator)
+        return adversarial_step(attack=config.attack, generator=generator)
     if config.method == "lwf":
-        return lwf_step(teacher, lam=config.lwf_lam)
+        return lwf_step(_given(teacher, "the teacher model (method 'lwf')"),
+                        lam=_given(config.lwf_lam, "lwf_lam (method 'lwf')"))
     return natural_step
 
 
-def _train(config: Config, *, root, device, progress: bool, callback, teacher: WideResNet | None = None,
-           cache_features: bool = True, channels_last: bool = False) -> Path:
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(weights, attacks): CPU and device generators seeded with ``seed``; one generator on a CPU.
+
+    They draw what ``torch.manual_seed(seed)`` followed by the global-state path would draw: the weights on
+    the CPU, PGD's random starts on the device (on a CPU, the same stream after the weights).
+    """
+    weights = torch.Generator().manual_seed(seed)
+    attacks = weights if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    return weights, attacks
+
+
+def _train(config: Config, *, root, device: torch.device, progress: bool, callback,
+           teacher: WideResNet | None = None, cache_features: bool = True, channels_last: bool = False) -> Path:
     """Train ``config`` into its folder (call it holding the folder's lock), resuming from ``checkpoint.pt``.
 
     A transfer run whose frozen extractor's output cannot change (see ``cache.feature_cache_blocker``)
@@ -105,11 +135,11 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
     path = run_path(config, root)
     remove_temporaries(path)  # left by a process killed while writing
     train_data = _data(config.dataset, "train")
-    torch.manual_seed(config.seed)  # model init, NEFT's power-iteration start, PGD's random starts
+    weights_rng, attack_rng = _generators(config.seed, device)  # model init, NEFT's start; PGD's random starts
     if isinstance(config, SourceConfig):
-        model = build_source_model(config, train_data)
+        model = build_source_model(config, train_data, generator=weights_rng)
     else:
-        model = build_student(config, teacher, train_data)
+        model = build_student(config, _given(teacher, "the teacher model"), train_data, generator=weights_rng)
     model.to(device)
     loader = make_loader(train_data, batch_size=config.optim.batch_size, augment=config.augment, device=device,
                          seed=config.seed)
@@ -127,20 +157,26 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"])
+        weights_rng.set_state(state["rng"])
+        if attack_rng is not weights_rng and "attack_rng" in state:
+            attack_rng.set_state(state["attack_rng"])
         history, start = state["history"], state["epoch"] + 1
     else:
         write_json(path / "config.json", to_dict(config))
 
     def save_epoch(record: dict) -> None:
         history.append(record)
+        rng = {"rng": weights_rng.get_state()}
+        if attack_rng is not weights_rng:
+            rng["attack_rng"] = attack_rng.get_state()
         save_tensors(path / CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "loader": loader.state_dict(), "rng": torch.get_rng_state(),
+                                              "loader": loader.state_dict(), **rng,
                                               "history": history, "epoch": record["epoch"]})
         if callback is not None:
             callback(record)
 
-    trained, batches = model, loader
+    trained: nn.Module = model
+    batches: Batches = loader
     if start <= optim.epochs and cache_features and isinstance(config, TransferConfig):
         if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method == "lwf") is None:
             features = extract(model, loader, k=config.k)
@@ -148,10 +184,9 @@ def _train(config: Config, *, root, device, progress: bool, callback, teacher: W
                 features = features.contiguous(memory_format=torch.channels_last)
             trained, batches = TunedTail(model, k=config.k), CachedFeatures(loader, features)
     if start <= optim.epochs:
-        fit(trained, batches, _step_for(config, teacher), epochs=optim.epochs, base_lr=optim.base_lr,
-            momentum=optim.momentum, weight_decay=optim.weight_decay, warmup_epochs=optim.warmup_epochs,
-            milestones=optim.milestones, gamma=optim.gamma, device=device, callback=save_epoch,
-            progress=progress, start_epoch=start, optimizer=optimizer, channels_last=channels_last)
+        fit(trained, batches, _step_for(config, teacher, generator=attack_rng), optim, device=device,
+            callback=save_epoch, progress=progress, start_epoch=start, optimizer=optimizer,
+            channels_last=channels_last)
     model.to(memory_format=torch.contiguous_format)
     remove_neft(model)
     write_json(path / "history.json", history)
@@ -246,8 +281,8 @@ def evaluate_run(finished: Run, evaluation: EvalConfig, *, device=None, progress
             raise RunError(f"max_examples = {evaluation.max_examples} is more than the {len(test)} test images of "
                            f"{finished.config.dataset}; pass at most {len(test)}, or None for all of them")
         test = sample(test, evaluation.max_examples)
-    test = make_loader(test, batch_size=256, device=device)
-    result = measure(finished.model.to(device).eval(), test, evaluation, device=device, progress=progress)
+    batches = make_loader(test, batch_size=256, device=device)
+    result = measure(finished.model.to(device).eval(), batches, evaluation, device=device, progress=progress)
     finished.model.cpu()
     if save is None:
         save = not is_shipped(finished.path)
@@ -289,8 +324,7 @@ def measure(model, loader, evaluation: EvalConfig, *, device=None, progress: boo
         images, labels = map(torch.cat, zip(*[(x, y) for x, y in loader]))
         result = autoattack_accuracy(model, images.to(device), labels.to(device), eps=attack.eps, seed=seed)
     else:
-        result = robust_accuracy(model, loader, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
-                                 random_start=attack.random_start, device=device, mode=evaluation.mode,
+        result = robust_accuracy(model, loader, attack=attack, device=device, mode=evaluation.mode,
                                  generator=generator, progress=progress).as_dict()
     return {**result, "method": evaluation.method, "label": evaluation.label}
 

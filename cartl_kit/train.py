@@ -3,13 +3,14 @@
 ``fit`` runs epochs of SGD over a loader; what a step does is the step function passed in:
 
 - ``natural_step`` — cross-entropy on clean images (fine-tuning, the reference's TL/NEFT);
-- ``adversarial_step(eps=, step_size=, steps=)`` — Madry adversarial training: PGD examples crafted
+- ``adversarial_step(attack=AttackConfig(...))`` — Madry adversarial training: PGD examples crafted
   in eval mode, cross-entropy on them in train mode (the robust source model);
-- ``fdm_step(k=, lam=, ...)`` — adversarial training plus CARTL's FDM term at block L-k+1;
+- ``fdm_step(k=, lam=, attack=...)`` — adversarial training plus CARTL's FDM term at block L-k+1;
 - ``lwf_step(teacher, lam=)`` — the LwF baseline: cross-entropy plus feature distillation.
 
 A step function is ``step(model, x, y) -> (loss, metrics)`` with a scalar loss tensor to minimise
-and a dict of floats to log. The learning-rate schedule is the pure function ``lr_at``.
+and a dict of floats to log. The optimiser and its schedule are an ``OptimConfig``; the learning rate
+of each batch is the pure function ``lr_at``.
 """
 
 from __future__ import annotations
@@ -17,21 +18,44 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
-from .attacks import check_attack_args, pgd_linf
+from .attacks import AttackConfig, pgd_linf
+from .config import OptimConfig
 from .losses import check_lambda, fdm_loss, lwf_loss
 from .models import WideResNet
 from .runtime import default_device
 from .speed import autocast, check_precision, configure_cuda
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Batches(Protocol):
+    """What ``fit`` trains on: re-iterable ``(x, y)`` batches that know their count (a loader, a list)."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class BlockModel(Protocol):
+    """What the FDM and LwF steps call: a model split into numbered blocks, such as a ``WideResNet``."""
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    def split_index(self, k: int) -> int: ...
+
+    def forward_features(self, x: torch.Tensor, *, upto: int) -> torch.Tensor: ...
+
+    def forward_from(self, features: torch.Tensor, *, start: int) -> torch.Tensor: ...
+
 
 # The reference's schedule (spec §3): lr 0.1, 1 warm-up epoch, x0.2 at epochs 40/70/90 of 100.
 MILESTONE_FRACTIONS = (0.4, 0.7, 0.9)
@@ -77,26 +101,46 @@ def natural_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
     return loss, {"loss": loss.item(), "train_acc": _accuracy(logits, y)}
 
 
-def _craft_in_eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **attack) -> torch.Tensor:
+def _check_attack(attack: AttackConfig) -> AttackConfig:
+    if not isinstance(attack, AttackConfig):
+        raise ValueError(f"attack must be an AttackConfig, e.g. AttackConfig(eps=8/255, step_size=2/255, steps=7), "
+                         f"got {attack!r}")
+    return attack
+
+
+def _blocks(model: nn.Module, step: str) -> BlockModel:
+    if not isinstance(model, BlockModel):
+        raise TypeError(f"{step} splits the model into blocks: it needs a WideResNet (create_model), "
+                        f"got {type(model).__name__}")
+    return model
+
+
+def _craft_in_eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig,
+                        generator: torch.Generator | None) -> torch.Tensor:
     # Like the reference: examples are crafted with BatchNorm using running statistics.
     model.eval()
     try:
-        return pgd_linf(model, x, y, **attack)
+        return pgd_linf(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+                        random_start=attack.random_start, generator=generator)
     finally:
         model.train()
 
 
-def adversarial_step(*, eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 7, random_start: bool = True) -> StepFn:
-    """Madry adversarial training: cross-entropy on PGD examples (reference default PGD-7, 8/255, 2/255).
+def adversarial_step(*, attack: AttackConfig = AttackConfig(), generator: torch.Generator | None = None) -> StepFn:
+    """Madry adversarial training: cross-entropy on PGD examples (default the reference's PGD-7, 8/255, 2/255).
+
+    Args:
+        attack: the PGD attack that crafts the training examples.
+        generator: ``torch.Generator`` for PGD's random starts (drawn on its device, then moved to the
+            batch's); default the global random state.
 
     Example:
-        >>> fit(model, loader, adversarial_step(eps=0.3, step_size=0.1, steps=7), epochs=5)
+        >>> fit(model, loader, adversarial_step(attack=AttackConfig(eps=0.3, step_size=0.1)), OptimConfig(epochs=5))
     """
-    check_attack_args(eps=eps, step_size=step_size, steps=steps)
-    attack = dict(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+    _check_attack(attack)
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        x_adv = _craft_in_eval_mode(model, x, y, **attack)
+        x_adv = _craft_in_eval_mode(model, x, y, attack, generator)
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss": loss.item(), "train_adv_acc": _accuracy(logits, y)}
@@ -108,10 +152,8 @@ def fdm_step(
     *,
     k: int,
     lam: float,
-    eps: float = 8 / 255,
-    step_size: float = 2 / 255,
-    steps: int = 7,
-    random_start: bool = True,
+    attack: AttackConfig = AttackConfig(),
+    generator: torch.Generator | None = None,
     reduction: str = "sum",
 ) -> StepFn:
     """Adversarial training plus FDM: CE(f(x'), y) + λ/√d · Σ_i ‖f^(L-k)(x'_i) - f^(L-k)(x_i)‖₂.
@@ -122,19 +164,26 @@ def fdm_step(
     updates the running statistics of the BatchNorm layers in blocks 1..L-k (not those after).
     Neither feature is detached: the regulariser trains the extractor.
 
+    Args:
+        k: fine-tuning depth; the FDM feature is the input of block L-k+1.
+        lam: λ, the weight of the FDM term.
+        attack: the PGD attack that crafts the training examples (default the reference's PGD-7).
+        generator: ``torch.Generator`` for PGD's random starts; default the global random state.
+        reduction: ``"sum"`` (the reference) or ``"mean"`` over the batch, as in ``fdm_loss``.
+
     Example:
-        >>> fit(model, loader, fdm_step(k=4, lam=0.005), epochs=100)
+        >>> fit(model, loader, fdm_step(k=4, lam=0.005), OptimConfig(epochs=100))
     """
     check_lambda(lam)
-    check_attack_args(eps=eps, step_size=step_size, steps=steps)
-    attack = dict(eps=eps, step_size=step_size, steps=steps, random_start=random_start)
+    _check_attack(attack)
 
-    def step(model: WideResNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        split = model.split_index(k)
-        x_adv = _craft_in_eval_mode(model, x, y, **attack)
-        features_adv = model.forward_features(x_adv, upto=split)
-        logits = model.forward_from(features_adv, start=split)
-        features_clean = model.forward_features(x, upto=split)
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        net = _blocks(model, "fdm_step")
+        split = net.split_index(k)
+        x_adv = _craft_in_eval_mode(model, x, y, attack, generator)
+        features_adv = net.forward_features(x_adv, upto=split)
+        logits = net.forward_from(features_adv, start=split)
+        features_clean = net.forward_features(x, upto=split)
         ce = F.cross_entropy(logits.float(), y)
         fdm = fdm_loss(features_clean, features_adv, lam=lam, reduction=reduction)
         loss = ce + fdm
@@ -151,18 +200,19 @@ def lwf_step(teacher: WideResNet, *, lam: float) -> StepFn:
     the augmentation).
 
     Example:
-        >>> fit(student, loader, lwf_step(teacher, lam=0.01), epochs=52, base_lr=0.001, weight_decay=2e-4)
+        >>> fit(student, loader, lwf_step(teacher, lam=0.01), OptimConfig(epochs=52, base_lr=0.001, weight_decay=2e-4))
     """
     check_lambda(lam, name="lam (LwF's λ_d)")
     teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
 
-    def step(model: WideResNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        upto = model.num_blocks - 1
+    def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        net = _blocks(model, "lwf_step")
+        upto = net.num_blocks - 1
         teacher.to(x.device)
         with torch.no_grad():
             teacher_features = teacher.forward_features(x, upto=upto)
-        features = model.forward_features(x, upto=upto)
-        logits = model.forward_from(features, start=upto)
+        features = net.forward_features(x, upto=upto)
+        logits = net.forward_from(features, start=upto)
         ce = F.cross_entropy(logits.float(), y)
         distill = lwf_loss(features, teacher_features, lam=lam)
         loss = ce + distill
@@ -175,14 +225,8 @@ def fit(
     model: nn.Module,
     loader: Batches,
     step: StepFn,
+    optim: OptimConfig,
     *,
-    epochs: int,
-    base_lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    warmup_epochs: int = 1,
-    milestones: tuple[float, ...] = MILESTONE_FRACTIONS,
-    gamma: float = 0.2,
     device: torch.device | str | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -193,7 +237,7 @@ def fit(
     compile: bool = False,
     cudnn_benchmark: bool | None = None,
 ) -> list[dict]:
-    """Train ``model`` with ``step`` for ``epochs`` epochs of SGD on the reference's schedule.
+    """Train ``model`` with ``step`` for ``optim.epochs`` epochs of SGD on the reference's schedule.
 
     Only parameters with ``requires_grad`` are optimised (frozen blocks get no weight decay or
     momentum). The model is put in train mode at the start of each epoch.
@@ -202,15 +246,16 @@ def fit(
         model: the model to train, moved to ``device``.
         loader: re-iterable batches ``(x, y)`` with x in [0, 1]; ``len(loader)`` gives the batch count.
         step: a step function (``natural_step``, ``adversarial_step(...)``, ``fdm_step(...)``, ``lwf_step(...)``).
-        epochs: total number of epochs of the schedule.
-        base_lr, momentum, weight_decay: SGD settings (reference: 0.1, 0.9, 5e-4).
-        warmup_epochs, milestones, gamma: the schedule (see ``lr_at``); ``warmup_epochs=0`` and
-            ``milestones=()`` give a constant rate.
+        optim: epochs, SGD settings (``base_lr``, ``momentum``, ``weight_decay``; reference 0.1, 0.9, 5e-4)
+            and the schedule (``warmup_epochs``, ``milestones``, ``gamma``; see ``lr_at``):
+            ``OptimConfig(epochs=5, warmup_epochs=0, milestones=())`` gives a constant rate. Its
+            ``batch_size`` is the loader's business and is not read here.
         device: where to train; default CUDA if present, else CPU.
         callback: called with each epoch's record, e.g. to update a live plot.
         progress: show a progress bar over batches.
         start_epoch: resume at this epoch (1-based) of the same schedule.
-        optimizer: an SGD optimiser to continue with (e.g. restored for a resume); default a new one.
+        optimizer: an SGD optimiser to continue with (e.g. restored for a resume); default a new one
+            with ``optim``'s settings.
         channels_last: train in the channels-last memory format (the model is converted in place; faster
             convolutions on many CPUs and GPUs, the same results up to floating-point rounding).
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast around each step's forward passes and
@@ -225,31 +270,35 @@ def fit(
         step returned.
 
     Example:
-        >>> history = fit(model, loader, adversarial_step(eps=0.3, step_size=0.1), epochs=10)
+        >>> history = fit(model, loader, adversarial_step(attack=AttackConfig(eps=0.3, step_size=0.1)),
+        ...               OptimConfig(epochs=10))
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(optim, OptimConfig):
+        raise ValueError(f"optim must be an OptimConfig, e.g. OptimConfig(epochs=10, base_lr=0.05), got {optim!r}")
+    epochs = optim.epochs
     check_precision(precision)
     device = torch.device(device) if device is not None else default_device()
     configure_cuda(device, cudnn_benchmark=cudnn_benchmark)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if compile and getattr(model, "_compiled_call_impl", None) is None:
         model.compile()  # once: a second fit on the same model keeps its compiled forward
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; check k and the BatchNorm case")
     if optimizer is None:
-        optimizer = torch.optim.SGD(params, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer = torch.optim.SGD(params, lr=optim.base_lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     batches_per_epoch = len(loader)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         model.train()
         sums: dict[str, float] = {}
         started = time.perf_counter()
-        bar = tqdm(loader, total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(loader, total=batches_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress)
         for batch, (x, y) in enumerate(bar):
-            lr = lr_at(epoch, batch, batches_per_epoch=batches_per_epoch, epochs=epochs, base_lr=base_lr,
-                       warmup_epochs=warmup_epochs, milestones=milestones, gamma=gamma)
+            lr = lr_at(epoch, batch, batches_per_epoch=batches_per_epoch, epochs=epochs, base_lr=optim.base_lr,
+                       warmup_epochs=optim.warmup_epochs, milestones=optim.milestones, gamma=optim.gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -68,6 +68,12 @@ class FrozenBatchNorm2d(nn.Module):
     Its state-dict keys equal BatchNorm2d's, so weights move freely between the two.
     """
 
+    weight: torch.Tensor  # (C,)
+    bias: torch.Tensor  # (C,)
+    running_mean: torch.Tensor  # (C,)
+    running_var: torch.Tensor  # (C,)
+    num_batches_tracked: torch.Tensor  # ()
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -124,6 +130,7 @@ def make_student(
     num_classes: int,
     bn_case: str | BNCase = "vanilla",
     half_residual: bool = False,
+    generator: torch.Generator | None = None,
 ) -> WideResNet:
     """A transfer-learning student: teacher copy, new head, last k blocks trainable, BN case applied.
 
@@ -137,6 +144,7 @@ def make_student(
         bn_case: one of ``BN_CASES`` or ``"vanilla"`` (= ``"freeze-reuse"``).
         half_residual: make the residual units among the last k blocks compute
             0.5·shortcut + 0.5·residual, as the reference's NEFT/CARTL student ("pwrn") does.
+        generator: CPU ``torch.Generator`` for the new head's weights; default the global random state.
 
     Returns:
         The student, in training mode, on the teacher's device.
@@ -147,7 +155,7 @@ def make_student(
     check_k(teacher, k)
     case = get_bn_case(bn_case)
     student = copy.deepcopy(teacher)
-    student.reset_head(num_classes)
+    student.reset_head(num_classes, generator=generator)
     student.requires_grad_(False)
     for module in submodel_modules(student, k=k):
         module.requires_grad_(True)

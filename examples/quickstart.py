@@ -10,7 +10,8 @@ from cartl_kit.data import dataset_stats, load_dataset, make_loaders
 
 ck.seed_everything(0)
 K, LAMBDA, BETA, EPS = 3, 0.01, 0.6, 0.1  # fine-tuned blocks, FDM weight, NEFT bound, attack radius
-pgd = dict(eps=EPS, step_size=EPS / 4)
+train_attack = ck.AttackConfig(eps=EPS, step_size=EPS / 3, steps=5)  # PGD-5 for adversarial training
+pgd20 = ck.AttackConfig(eps=EPS, step_size=EPS / 4, steps=20)  # the paper's PGD-k for evaluation
 
 
 def loaders(classes):
@@ -23,10 +24,10 @@ mean, std = dataset_stats("digits")
 
 # 1. Robust source models: Madry adversarial training (PGD-5), and the same plus FDM at block L-K+1.
 teachers = {}
-for name, step in [("AT", ck.adversarial_step(steps=5, eps=EPS, step_size=EPS / 3)),
-                   ("AT+FDM", ck.fdm_step(k=K, lam=LAMBDA, steps=5, eps=EPS, step_size=EPS / 3))]:
+for name, step in [("AT", ck.adversarial_step(attack=train_attack)),
+                   ("AT+FDM", ck.fdm_step(k=K, lam=LAMBDA, attack=train_attack))]:
     teachers[name] = ck.create_model("wrn16_1", num_classes=5, in_channels=1, mean=mean, std=std)
-    ck.fit(teachers[name], source_train, step, epochs=8, progress=False)
+    ck.fit(teachers[name], source_train, step, ck.OptimConfig(epochs=8), progress=False)
 
 # 2. Transfer: fine-tune the last K blocks on clean target images; NEFT bounds their spectral norms.
 rows = []
@@ -34,8 +35,8 @@ for method, teacher, neft in [("vanilla", "AT", False), ("NEFT", "AT", True), ("
     student = ck.make_student(teachers[teacher], k=K, num_classes=5, bn_case="vanilla", half_residual=neft)
     if neft:
         ck.apply_neft(student, k=K, beta=BETA)
-    ck.fit(student, target_train, ck.natural_step, epochs=6, base_lr=0.05, progress=False)
-    weak = ck.robust_accuracy(student.eval(), target_test, steps=20, progress=False, **pgd)
+    ck.fit(student, target_train, ck.natural_step, ck.OptimConfig(epochs=6, base_lr=0.05), progress=False)
+    weak = ck.robust_accuracy(student.eval(), target_test, attack=pgd20, progress=False)
     strong = ck.ensemble_accuracy(student, target_test, eps=EPS, progress=False)
     rows.append((method, teacher, strong, weak))
 

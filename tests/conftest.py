@@ -45,7 +45,7 @@ def _train(digits, step, epochs: int, seed: int = 0) -> ck.WideResNet:
     x_train, y_train, _, _ = digits
     ck.seed_everything(seed)
     model = ck.create_model("wrn16_1", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,))
-    ck.fit(model, Batches(x_train, y_train, shuffle=True, seed=seed), step, epochs=epochs, base_lr=0.1,
+    ck.fit(model, Batches(x_train, y_train, shuffle=True, seed=seed), step, ck.OptimConfig(epochs=epochs, base_lr=0.1),
            device="cpu", progress=False)
     return model.eval()
 
@@ -59,7 +59,7 @@ def natural_model(digits) -> ck.WideResNet:
 @pytest.fixture(scope="session")
 def robust_model(digits) -> ck.WideResNet:
     """WRN-16-1 adversarially trained on the digits with PGD-5, eps 0.1."""
-    return _train(digits, ck.adversarial_step(eps=EPS, step_size=EPS / 3, steps=5), epochs=6)
+    return _train(digits, ck.adversarial_step(attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3, steps=5)), epochs=6)
 
 
 @pytest.fixture

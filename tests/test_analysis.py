@@ -12,6 +12,7 @@ from cartl_kit.data import as_float, load_dataset, make_loader
 from conftest import EPS, Batches
 
 ATTACK = dict(eps=EPS, step_size=EPS / 3, steps=3)
+PGD3 = AttackConfig(**ATTACK)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +37,16 @@ def _seeded(seed=0):
 
 def test_one_distance_per_example_and_max_examples(model, source):
     test = source[1]
-    every = feature_distances(model, test, k=3, generator=_seeded(), **ATTACK)
+    every = feature_distances(model, test, k=3, generator=_seeded(), attack=PGD3)
     assert every.shape == (len(test),) and every.dtype == torch.float32
     assert (every >= 0).all() and every.sum() > 0
-    some = feature_distances(model, test, k=3, max_examples=50, batch_size=32, generator=_seeded(), **ATTACK)
+    some = feature_distances(model, test, k=3, max_examples=50, batch_size=32, generator=_seeded(), attack=PGD3)
     assert some.shape == (50,)
 
 
 def test_image_data_loader_and_pair_give_the_same_distances(model, source):
     test = source[1]
-    kwargs = dict(k=4, random_start=False, **ATTACK)  # no random start: batching cannot change x'
+    kwargs = dict(k=4, attack=AttackConfig(random_start=False, **ATTACK))  # no random start: batching cannot change x'
     from_data = feature_distances(model, test, batch_size=64, **kwargs)
     from_loader = feature_distances(model, make_loader(test, batch_size=50), **kwargs)
     from_pair = feature_distances(model, _batch(test, len(test)), batch_size=100, **kwargs)
@@ -55,14 +56,15 @@ def test_image_data_loader_and_pair_give_the_same_distances(model, source):
 
 def test_no_attack_means_zero_distance(model, source):
     test = source[1]
-    assert feature_distances(model, test, k=3, eps=0.0, step_size=0.01, steps=5).abs().max() == 0
-    assert feature_distances(model, test, k=3, steps=0, random_start=False, eps=EPS, step_size=EPS).abs().max() == 0
+    assert feature_distances(model, test, k=3, attack=None).abs().max() == 0
+    assert feature_distances(model, test, k=3, attack=AttackConfig(steps=0, random_start=False, eps=EPS,
+                                                                   step_size=EPS)).abs().max() == 0
 
 
 def test_lambda_times_the_batch_sum_is_the_fdm_loss(model, source):
     x, y = _batch(source[1])
     k, lam = 3, 0.01
-    distances = feature_distances(model, (x, y), k=k, generator=_seeded(1), **ATTACK)
+    distances = feature_distances(model, (x, y), k=k, generator=_seeded(1), attack=PGD3)
     x_adv = ck.pgd_linf(model, x, y, generator=_seeded(1), **ATTACK)  # the same random start, so the same x'
     split = model.num_blocks - k
     with torch.no_grad():
@@ -75,7 +77,7 @@ def test_stem_feature_scales_with_the_stem_and_relative_distance_does_not(model,
     # random start fixes x', so scaling the stem by c scales every distance and every norm by c exactly.
     x, y = _batch(source[1])
     L = model.num_blocks
-    kwargs = dict(k=L, eps=EPS, step_size=EPS, steps=0)
+    kwargs = dict(k=L, attack=AttackConfig(eps=EPS, step_size=EPS, steps=0))
     before = feature_distances(model, (x, y), generator=_seeded(2), **kwargs)
     norms_before = feature_norms(model, (x, y), k=L)
     with torch.no_grad():
@@ -95,17 +97,18 @@ def test_norm_is_the_rms_of_the_clean_feature(model, source):
     assert feature_norms(model, source[1], k=k, max_examples=20).shape == (20,)
 
 
-def test_attack_config_is_used_and_keywords_override_it(model, source):
+def test_attack_config_is_used_and_none_means_no_attack(model, source):
     x, y = _batch(source[1], 32)
     config = AttackConfig(eps=EPS, step_size=EPS / 3, steps=3, random_start=False)
     from_config = feature_distances(model, (x, y), k=3, attack=config)
-    torch.testing.assert_close(from_config, feature_distances(model, (x, y), k=3, random_start=False, **ATTACK))
-    assert feature_distances(model, (x, y), k=3, attack=config, eps=0.0).abs().max() == 0
+    torch.testing.assert_close(from_config, feature_distances(model, (x, y), k=3,
+                                                              attack=AttackConfig(random_start=False, **ATTACK)))
+    assert feature_distances(model, (x, y), k=3, attack=None).abs().max() == 0
 
 
 def test_the_model_is_left_as_it_was(model, source):
     state = {name: value.clone() for name, value in model.state_dict().items()}
-    feature_distances(model, source[1], k=3, max_examples=40, **ATTACK)
+    feature_distances(model, source[1], k=3, max_examples=40, attack=PGD3)
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())
@@ -113,16 +116,16 @@ def test_the_model_is_left_as_it_was(model, source):
 
 def test_bad_input_is_refused(model, source):
     with pytest.raises(ValueError, match="eval mode"):
-        feature_distances(model.train(), source[1], k=3, **ATTACK)
+        feature_distances(model.train(), source[1], k=3, attack=PGD3)
     with pytest.raises(ValueError, match="eval mode"):
         feature_norms(model, source[1], k=3)
     model.eval()
     with pytest.raises(ValueError, match="k must be an integer"):
-        feature_distances(model, source[1], k=model.num_blocks + 1, **ATTACK)
+        feature_distances(model, source[1], k=model.num_blocks + 1, attack=PGD3)
     with pytest.raises(ValueError, match="eps must be in"):
-        feature_distances(model, source[1], k=3, eps=1.5, step_size=0.1, steps=1)
+        feature_distances(model, source[1], k=3, attack=AttackConfig(eps=1.5, step_size=0.1, steps=1))
     with pytest.raises(ValueError, match="max_examples"):
-        feature_distances(model, source[1], k=3, max_examples=0, **ATTACK)
+        feature_distances(model, source[1], k=3, max_examples=0, attack=PGD3)
 
 
 def test_fdm_training_shrinks_the_feature_distance(source):
@@ -133,9 +136,10 @@ def test_fdm_training_shrinks_the_feature_distance(source):
     for name, lam in (("AT", 0.0), ("FDM", 0.5)):
         torch.manual_seed(0)
         model = ck.create_model("wrn16_1", num_classes=5, in_channels=1, mean=(0.3,), std=(0.4,))
-        step = ck.fdm_step(k=k, lam=lam, eps=EPS, step_size=EPS / 2, steps=2)
-        ck.fit(model, Batches(x, y, batch_size=64, shuffle=True), step, epochs=2, base_lr=0.1, device="cpu", progress=False)
-        distances = feature_distances(model.eval(), test, k=k, generator=_seeded(), **ATTACK)
+        step = ck.fdm_step(k=k, lam=lam, attack=AttackConfig(eps=EPS, step_size=EPS / 2, steps=2))
+        ck.fit(model, Batches(x, y, batch_size=64, shuffle=True), step, ck.OptimConfig(epochs=2, base_lr=0.1), device="cpu",
+               progress=False)
+        distances = feature_distances(model.eval(), test, k=k, generator=_seeded(), attack=PGD3)
         measured[name] = [distances, distances / feature_norms(model, test, k=k)]
     # measured once: AT 0.49 / 0.29 (absolute / relative), FDM 0.06 / 0.11 -- FDM does not merely shrink the features
     assert measured["FDM"][0].mean() < 0.5 * measured["AT"][0].mean()

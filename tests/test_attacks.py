@@ -65,7 +65,8 @@ def test_pgd_agrees_with_foolbox_linf_pgd(robust_model, digits):
     x, y = digits[2], digits[3]
     eps, steps, step_size = 1.5 * EPS, 20, EPS / 4  # a larger ball than trained for: robust accuracy well inside (0, 1)
     torch.manual_seed(0)
-    ours = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), eps=eps, step_size=step_size, steps=steps,
+    ours = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128),
+                              attack=ck.AttackConfig(eps=eps, step_size=step_size, steps=steps),
                               device="cpu", progress=False)
     attack = fb.attacks.LinfPGD(steps=steps, abs_stepsize=step_size, random_start=True)
     _, clipped, success = attack(fb.PyTorchModel(robust_model, bounds=(0, 1)), x, y, epsilons=eps)
@@ -88,7 +89,7 @@ def test_bad_attack_arguments(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ck.pgd_linf(tiny_model, x, y, **kwargs)
     with pytest.raises(ValueError, match=message):
-        ck.adversarial_step(**kwargs)
+        ck.adversarial_step(attack=ck.AttackConfig(**kwargs))
 
 
 # --- the any-iterate fast path --------------------------------------------------------------------
@@ -121,7 +122,7 @@ def test_any_iterate_pgd_respects_the_active_mask_and_refuses_train_mode(robust_
 
 def test_robust_accuracy_any_mode_is_never_higher_and_channels_last_agrees(robust_model, digits):
     x, y = digits[2], digits[3]
-    kwargs = dict(eps=1.5 * EPS, step_size=EPS / 4, steps=10, device="cpu", progress=False)
+    kwargs = dict(attack=ck.AttackConfig(eps=1.5 * EPS, step_size=EPS / 4, steps=10), device="cpu", progress=False)
     final = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), generator=torch.Generator().manual_seed(0), **kwargs)
     fast = ck.robust_accuracy(robust_model, Batches(x, y, batch_size=128), generator=torch.Generator().manual_seed(0),
                               mode="any", **kwargs)

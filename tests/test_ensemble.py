@@ -123,8 +123,8 @@ def test_ensemble_accuracy_counts_each_attack_and_is_reproducible(robust_model, 
     assert list(first.after) == list(SMALL.attacks)
     left = list(first.after.values())
     assert first.clean_acc >= left[0] and left == sorted(left, reverse=True) and left[-1] == first.robust_acc
-    pgd = ck.robust_accuracy(robust_model, loader, eps=2 * EPS, step_size=2 * EPS / 4, steps=10, progress=False,
-                             generator=_gen())
+    pgd = ck.robust_accuracy(robust_model, loader, attack=ck.AttackConfig(eps=2 * EPS, step_size=2 * EPS / 4, steps=10),
+                             progress=False, generator=_gen())
     assert first.robust_acc <= pgd.robust_acc + 0.02
     assert "APGD-T-5x2" in str(first) and json.dumps(first.as_dict())
 

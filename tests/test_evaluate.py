@@ -17,8 +17,9 @@ def test_accuracy_matches_a_manual_count(natural_model, digits):
 
 
 def test_robust_result_fields_and_max_examples(robust_model, digits):
-    result = ck.robust_accuracy(robust_model, Batches(digits[2], digits[3], batch_size=64), eps=EPS, step_size=EPS / 4,
-                                steps=5, max_examples=100, device="cpu", progress=False)
+    result = ck.robust_accuracy(robust_model, Batches(digits[2], digits[3], batch_size=64),
+                                attack=ck.AttackConfig(eps=EPS, step_size=EPS / 4, steps=5), max_examples=100,
+                                device="cpu", progress=False)
     assert result.n == 100 and result.steps == 5 and result.eps == EPS and result.attack == "pgd_linf"
     assert 0 < result.robust_acc <= result.clean_acc <= 1
     assert "robust" in str(result) and result.as_dict()["n"] == 100
@@ -28,7 +29,8 @@ def test_training_mode_is_refused(natural_model, digits):
     natural_model.train()
     try:
         with pytest.raises(ck.SanityCheckError, match="training mode; call model.eval"):
-            ck.robust_accuracy(natural_model, Batches(digits[2], digits[3]), eps=EPS, step_size=0.02, steps=1, progress=False)
+            ck.robust_accuracy(natural_model, Batches(digits[2], digits[3]),
+                               attack=ck.AttackConfig(eps=EPS, step_size=0.02, steps=1), progress=False)
     finally:
         natural_model.eval()
 
@@ -62,8 +64,8 @@ class Quantised(nn.Module):
 
 def test_gradient_masking_is_refused(natural_model, digits):
     with pytest.raises(ck.SanityCheckError, match="input gradient is zero"):
-        ck.robust_accuracy(Quantised(natural_model).eval(), Batches(digits[2], digits[3]), eps=EPS, step_size=0.02,
-                           steps=5, progress=False)
+        ck.robust_accuracy(Quantised(natural_model).eval(), Batches(digits[2], digits[3]),
+                           attack=ck.AttackConfig(eps=EPS, step_size=0.02, steps=5), progress=False)
 
 
 def test_empty_loader_is_refused(natural_model):

@@ -39,7 +39,7 @@ def test_fdm_step_trains_the_extractor_through_both_passes(robust_model, digits)
     model = ck.create_model("wrn16_1", num_classes=10, in_channels=1)
     model.load_state_dict(robust_model.state_dict())
     k = 3
-    step = ck.fdm_step(k=k, lam=1.0, eps=EPS, step_size=EPS / 3, steps=2)
+    step = ck.fdm_step(k=k, lam=1.0, attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3, steps=2))
     model.train()
     loss, metrics = step(model, x, y)
     assert metrics["fdm"] > 0 and loss.item() == pytest.approx(metrics["ce"] + metrics["fdm"], rel=1e-5)
@@ -57,7 +57,7 @@ def test_fdm_step_trains_the_extractor_through_both_passes(robust_model, digits)
 def test_fdm_step_with_zero_lambda_is_adversarial_training(digits):
     x, y = digits[0][:16], digits[1][:16]
     model = ck.create_model("wrn16_1", num_classes=10, in_channels=1).train()
-    _, metrics = ck.fdm_step(k=2, lam=0.0, eps=EPS, step_size=EPS / 3, steps=1)(model, x, y)
+    _, metrics = ck.fdm_step(k=2, lam=0.0, attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3, steps=1))(model, x, y)
     assert metrics["fdm"] == 0.0 and metrics["loss"] == pytest.approx(metrics["ce"])
 
 

@@ -61,7 +61,8 @@ def test_the_optimiser_trains_the_original_weights(tiny_model):
     assert original.requires_grad
     before = original.detach().clone()
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 5, (16,))
-    ck.fit(student, [(x, y)], ck.natural_step, epochs=2, warmup_epochs=0, base_lr=0.05, device="cpu", progress=False)
+    ck.fit(student, [(x, y)], ck.natural_step, ck.OptimConfig(epochs=2, warmup_epochs=0, base_lr=0.05), device="cpu",
+           progress=False)
     assert not torch.equal(before, original.detach())
 
 

@@ -22,15 +22,17 @@ def _conv_output_dtypes(model: nn.Module) -> tuple[list, object]:
 def test_bf16_training_runs_its_forward_passes_in_bf16_and_stays_close_to_fp32(digits, step):
     x, y = digits[0][:64], digits[1][:64]
     make_step = {"natural": lambda: ck.natural_step,
-                 "adversarial": lambda: ck.adversarial_step(eps=EPS, step_size=EPS / 3, steps=2)}[step]
+                 "adversarial": lambda: ck.adversarial_step(attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3,
+                                                                                   steps=2))}[step]
     models, losses, dtypes = {}, {}, {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = ck.create_model("wrn16_1", num_classes=10, in_channels=1)
         seen, handle = _conv_output_dtypes(model)
         torch.manual_seed(1)
-        history = ck.fit(model, Batches(x, y), make_step(), epochs=1, warmup_epochs=0, milestones=(), base_lr=0.05,
-                         device="cpu", progress=False, precision=precision)
+        history = ck.fit(model, Batches(x, y), make_step(),
+                         ck.OptimConfig(epochs=1, warmup_epochs=0, milestones=(), base_lr=0.05), device="cpu",
+                         progress=False, precision=precision)
         handle.remove()
         models[precision], losses[precision], dtypes[precision] = model, history[-1]["loss"], set(seen)
     assert dtypes == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
@@ -45,7 +47,7 @@ def test_step_losses_are_float32_under_bf16_autocast(digits, robust_model):
     with autocast(torch.device("cpu"), "bf16"):
         assert robust_model(x).dtype == torch.bfloat16
         loss, _ = ck.natural_step(robust_model, x, y)
-        fdm = ck.fdm_step(k=3, lam=0.01, eps=EPS, step_size=EPS / 3, steps=1)
+        fdm = ck.fdm_step(k=3, lam=0.01, attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3, steps=1))
         robust_model.train()
         try:
             fdm_loss, _ = fdm(robust_model, x, y)
@@ -56,7 +58,8 @@ def test_step_losses_are_float32_under_bf16_autocast(digits, robust_model):
 
 def test_bf16_evaluation_agrees_with_fp32_on_a_robust_model(digits, robust_model):
     loader = Batches(digits[2][:200], digits[3][:200], batch_size=100)
-    report = ck.compare_precision(robust_model, loader, max_examples=200, eps=EPS, step_size=EPS / 4, steps=10,
+    report = ck.compare_precision(robust_model, loader, max_examples=200,
+                                  attack=ck.AttackConfig(eps=EPS, step_size=EPS / 4, steps=10),
                                   device="cpu", tolerance=0.03)
     assert report["fp32"].n == report["bf16"].n == 200
     assert report["robust_diff"] == pytest.approx(report["bf16"].robust_acc - report["fp32"].robust_acc)
@@ -68,10 +71,11 @@ def test_bf16_evaluation_agrees_with_fp32_on_a_robust_model(digits, robust_model
 def test_bad_precision_and_tolerance_are_refused(digits, robust_model):
     batches = [(digits[0][:8], digits[1][:8])]
     with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
-        ck.fit(robust_model, batches, ck.natural_step, epochs=1, device="cpu", progress=False, precision="fp16")
+        ck.fit(robust_model, batches, ck.natural_step, ck.OptimConfig(epochs=1), device="cpu", progress=False,
+               precision="fp16")
     with pytest.raises(ValueError, match="precision must be"):
-        ck.robust_accuracy(robust_model.eval(), batches, eps=EPS, step_size=EPS, steps=1, device="cpu",
-                           progress=False, precision="half")
+        ck.robust_accuracy(robust_model.eval(), batches, attack=ck.AttackConfig(eps=EPS, step_size=EPS, steps=1),
+                           device="cpu", progress=False, precision="half")
     with pytest.raises(ValueError, match="tolerance is a fraction"):
         ck.compare_precision(robust_model.eval(), batches, tolerance=1.0, device="cpu")
 
@@ -82,8 +86,9 @@ def test_compiled_training_matches_eager(digits):
     for compiled in (False, True):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-        ck.fit(model, Batches(x, y, batch_size=32), ck.natural_step, epochs=2, warmup_epochs=0, milestones=(),
-               base_lr=0.05, device="cpu", progress=False, compile=compiled)
+        ck.fit(model, Batches(x, y, batch_size=32), ck.natural_step,
+               ck.OptimConfig(epochs=2, warmup_epochs=0, milestones=(), base_lr=0.05), device="cpu", progress=False,
+               compile=compiled)
         models.append(model)
     eager, compiled = models
     assert compiled._compiled_call_impl is not None  # the forward really went through torch.compile

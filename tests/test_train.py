@@ -30,7 +30,7 @@ def test_fit_learns_and_reports_each_epoch(digits):
     torch.manual_seed(0)
     model = ck.create_model("wrn16_1", num_classes=10, in_channels=1)
     records = []
-    history = ck.fit(model, Batches(x, y, shuffle=True), ck.natural_step, epochs=4, device="cpu",
+    history = ck.fit(model, Batches(x, y, shuffle=True), ck.natural_step, ck.OptimConfig(epochs=4), device="cpu",
                      callback=records.append, progress=False)
     assert records == history and [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[-1]["loss"] < history[0]["loss"]
@@ -44,14 +44,16 @@ def test_channels_last_training_matches_the_plain_path(digits, step):
     amplifies rounding differences from step to step, and PGD's sign() turns them into different steps.)"""
     x, y = digits[0][:64], digits[1][:64]
     make_step = {"natural": lambda: ck.natural_step,
-                 "adversarial": lambda: ck.adversarial_step(eps=EPS, step_size=EPS / 3, steps=2)}[step]
+                 "adversarial": lambda: ck.adversarial_step(attack=ck.AttackConfig(eps=EPS, step_size=EPS / 3,
+                                                                                   steps=2))}[step]
     runs = []
     for channels_last in (False, True):
         torch.manual_seed(0)
         model = ck.create_model("wrn16_1", num_classes=10, in_channels=1)
         torch.manual_seed(1)  # the same random starts
-        history = ck.fit(model, Batches(x, y, batch_size=64), make_step(), epochs=1, warmup_epochs=0, milestones=(),
-                         device="cpu", progress=False, channels_last=channels_last)
+        history = ck.fit(model, Batches(x, y, batch_size=64), make_step(),
+                         ck.OptimConfig(epochs=1, warmup_epochs=0, milestones=()), device="cpu", progress=False,
+                         channels_last=channels_last)
         runs.append((model, history))
     (plain, plain_history), (nhwc, nhwc_history) = runs
     assert nhwc.stem.weight.is_contiguous(memory_format=torch.channels_last)
@@ -64,7 +66,7 @@ def test_channels_last_training_matches_the_plain_path(digits, step):
 def test_fit_only_updates_trainable_parameters(robust_model, digits):
     student = ck.make_student(robust_model, k=2, num_classes=5, bn_case="train-update")
     frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
-    ck.fit(student, [(digits[0][:32], digits[1][:32] % 5)], ck.natural_step, epochs=2, warmup_epochs=0,
+    ck.fit(student, [(digits[0][:32], digits[1][:32] % 5)], ck.natural_step, ck.OptimConfig(epochs=2, warmup_epochs=0),
            device="cpu", progress=False)
     assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
     assert all(p.grad is None for p in student.parameters())
@@ -72,7 +74,7 @@ def test_fit_only_updates_trainable_parameters(robust_model, digits):
 
 def test_adversarial_training_buys_robustness(natural_model, robust_model, digits):
     test = Batches(digits[2], digits[3], batch_size=180)
-    attack = dict(eps=EPS, step_size=EPS / 4, steps=10, device="cpu", progress=False)
+    attack = dict(attack=ck.AttackConfig(eps=EPS, step_size=EPS / 4, steps=10), device="cpu", progress=False)
     natural = ck.robust_accuracy(natural_model, test, **attack)
     robust = ck.robust_accuracy(robust_model, test, **attack)
     assert robust.robust_acc > natural.robust_acc + 0.15
@@ -91,10 +93,10 @@ def test_bad_epochs_and_nothing_to_train(tiny_model):
     batches = [(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))]
     for epochs in (0, -3, 2.5):
         with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
-            ck.fit(tiny_model, batches, ck.natural_step, epochs=epochs, progress=False)
+            ck.fit(tiny_model, batches, ck.natural_step, ck.OptimConfig(epochs=epochs), progress=False)
     tiny_model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        ck.fit(tiny_model, batches, ck.natural_step, epochs=1, progress=False)
+        ck.fit(tiny_model, batches, ck.natural_step, ck.OptimConfig(epochs=1), progress=False)
 
 
 def test_importing_the_kit_changes_no_global_state():

@@ -28,7 +28,8 @@ def stats_and_affine(modules):
 
 def one_training_step(student, digits):
     x, y = digits[0][:64], digits[1][:64] % 5
-    ck.fit(student, [(x, y)], ck.natural_step, epochs=1, warmup_epochs=0, base_lr=0.1, device="cpu", progress=False)
+    ck.fit(student, [(x, y)], ck.natural_step, ck.OptimConfig(epochs=1, warmup_epochs=0, base_lr=0.1), device="cpu",
+           progress=False)
 
 
 @pytest.mark.parametrize("case", ["train-update", "train-reuse", "freeze-update", "freeze-reuse"])
