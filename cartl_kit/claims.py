@@ -1,0 +1,217 @@
+"""The paper's claims, judged on the reproduction's summary (mean and spread over seeds of every cell).
+
+Each claim is a list of comparisons "a > b" between cells of one table, judged by one fixed rule (``judge``):
+*clear* when a's mean exceeds b's by more than the seeds' spread combined, *agreeing* when it exceeds it at all.
+One function per table (``tradeoff_claims`` … ``baseline_claims``) states that table's claims; ``claims``
+gives all of them in the report's order. The rules are fixed in advance: no claim is dropped or reworded for
+its outcome. (The notebooks' single-run comparisons use ``findings.claim_checked``, whose noise is the test
+set's binomial error; here the noise is the spread over seeds.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from .plan import BN_CASES_2X2, BN_LABELS, Plan
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One cell's accuracy over seeds (fractions): mean and standard deviation."""
+
+    mean: float
+    std: float
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} %"
+
+
+Pair = tuple[Stat | None, Stat | None]  # (a, b) for "a > b"; None where a cell was not measured
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims, what was measured, and the verdict."""
+
+    table: str
+    claim: str
+    measured: str
+    verdict: str  # "holds", "holds partly", "does not hold here", "not measured"
+    clear: int  # comparisons in the claimed direction by more than the seeds' spread
+    agreeing: int  # comparisons in the claimed direction (means)
+    total: int
+
+    def sentence(self) -> str:
+        return f"{self.claim} — {self.measured}: **{self.verdict}**."
+
+
+def cell_stat(summary: pd.DataFrame, table: str, row: str, column: str, metric: str) -> Stat | None:
+    """``metric`` ("clean" or "robust") of one cell of the summary; None when the cell is absent."""
+    hit = summary[(summary.table == table) & (summary.row == row) & (summary.column == column)]
+    if hit.empty:
+        return None
+    return Stat(float(hit[f"{metric}_mean"].iloc[0]), float(hit[f"{metric}_std"].iloc[0]))
+
+
+def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
+    """Verdict for "a > b" over several (a, b) pairs.
+
+    A pair is *clear* when a's mean exceeds b's by more than their spreads combined (√(s_a² + s_b²)) and
+    *agreeing* when it exceeds it at all. "holds": every pair clear; "holds partly": at least half the pairs
+    agree; otherwise "does not hold here".
+
+    Example:
+        >>> judge([(Stat(0.6, 0.01), Stat(0.5, 0.01))])
+        ('holds', 1, 1)
+    """
+    if not comparisons:
+        return "not measured", 0, 0
+    clear = sum(a.mean - b.mean > math.hypot(a.std, b.std) for a, b in comparisons)
+    agreeing = sum(a.mean > b.mean for a, b in comparisons)
+    if clear == len(comparisons):
+        verdict = "holds"
+    elif 2 * agreeing >= len(comparisons):
+        verdict = "holds partly"
+    else:
+        verdict = "does not hold here"
+    return verdict, clear, agreeing
+
+
+def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str) -> Claim:
+    """The ``Claim`` "a > b for every pair", judged on the pairs whose two cells were measured."""
+    measured_pairs = [(a, b) for a, b in comparisons if a is not None and b is not None]
+    verdict, clear, agreeing = judge(measured_pairs)
+    counted = (f"{agreeing} of {len(measured_pairs)} comparisons in the claimed direction, "
+               f"{clear} by more than the seeds' spread")
+    return Claim(table, claim, f"{measured}; {counted}", verdict, clear, agreeing, len(measured_pairs))
+
+
+def at_chance(summary: pd.DataFrame, num_classes: int, *, margin: float = 0.05) -> pd.DataFrame:
+    """The cells whose clean accuracy is within ``margin`` of chance (1 / classes): models that learned nothing,
+    whose robust accuracy therefore means nothing, whatever a claim's comparison says."""
+    chance = summary[summary.clean_mean <= 1 / num_classes + margin]
+    return chance[["table", "row", "column", "clean_mean", "robust_mean"]]
+
+
+def tradeoff_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """Accuracy rises and robustness falls as k grows (the poster's trend), on every step of ``tradeoff_ks``."""
+    ks = list(plan.tradeoff_ks)
+    clean = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "clean") for k in ks]
+    robust = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "robust") for k in ks]
+    return [judged("tradeoff", "Accuracy rises with k (poster)", list(zip(clean[1:], clean[:-1])),
+                   f"clean {clean[0]} at k = {ks[0]} → {clean[-1]} at k = {ks[-1]}"),
+            judged("tradeoff", "Robustness falls as k grows (poster)", list(zip(robust[:-1], robust[1:])),
+                   f"robust {robust[0]} at k = {ks[0]} → {robust[-1]} at k = {ks[-1]}")]
+
+
+def batchnorm_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """Reusing the extractor's statistics helps, and the vanilla case is the most robust (§11.1)."""
+    reuse: list[Pair] = []
+    best: list[Pair] = []
+    parts = []
+    for k in plan.bn_ks:
+        r = {case: cell_stat(summary, "batchnorm", f"k = {k}", case, "robust") for case in BN_CASES_2X2}
+        reuse += [(r["train-reuse"], r["train-update"]), (r["vanilla"], r["freeze-update"])]
+        best += [(r["vanilla"], r[case]) for case in BN_CASES_2X2[:3]]
+        parts.append(f"k = {k}: " + ", ".join(f"{BN_LABELS[c]} {r[c]}" for c in BN_CASES_2X2))
+    return [judged("batchnorm", "Reusing the teacher's BatchNorm statistics in the extractor gives more robustness "
+                   "than updating them (§11.1, every pair)", reuse, "robust: " + "; ".join(parts)),
+            judged("batchnorm", "Freezing the sub-model's BatchNorm affine parameters and reusing the statistics "
+                   "(W,b | μ,σ,W,b, the kit's vanilla) is the most robust of the four cases (§11.1)", best,
+                   "see the row above")]
+
+
+def lam_beta_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """A smaller β gives robustness at about the same accuracy; a smaller λ gives robustness for a little
+    accuracy (§11.2 and the poster)."""
+    def s(row: str, column: str, metric: str) -> Stat | None:
+        return cell_stat(summary, "lam_beta", row, column, metric)
+
+    lo_beta, hi_beta = min(plan.betas), max(plan.betas)
+    big_lam, small_lam = plan.lams
+    beta_pairs: list[Pair] = []
+    flat: list[Pair] = []
+    lam_rob: list[Pair] = []
+    lam_acc: list[Pair] = []
+    beta_text: list[str] = []
+    changes: list[float] = []
+    for k in plan.grid_ks:
+        for lam in plan.lams:
+            row = f"k = {k}, λ = {lam:g}"
+            lo, hi = s(row, f"β = {lo_beta:g}", "robust"), s(row, f"β = {hi_beta:g}", "robust")
+            beta_pairs.append((lo, hi))
+            beta_text.append(f"{row}: {hi} → {lo}")
+            c_lo, c_hi = s(row, f"β = {lo_beta:g}", "clean"), s(row, f"β = {hi_beta:g}", "clean")
+            if c_lo and c_hi:  # "within one point": 0.01 - |difference| > 0
+                flat.append((Stat(0.01 - abs(c_lo.mean - c_hi.mean), math.hypot(c_lo.std, c_hi.std)), Stat(0.0, 0.0)))
+                changes.append(100 * (c_lo.mean - c_hi.mean))
+        small_row, big_row = f"k = {k}, λ = {small_lam:g}", f"k = {k}, λ = {big_lam:g}"
+        for beta in plan.betas:
+            col = f"β = {beta:g}"
+            lam_rob.append((s(small_row, col, "robust"), s(big_row, col, "robust")))
+            lam_acc.append((s(big_row, col, "clean"), s(small_row, col, "clean")))
+    return [judged("lam_beta", f"A smaller NEFT bound β gives more robustness (§11.2, every row: β = {hi_beta:g} → "
+                   f"{lo_beta:g})", beta_pairs, "robust " + "; ".join(beta_text)),
+            judged("lam_beta", f"Accuracy stays within about one point as β falls from {hi_beta:g} to {lo_beta:g} "
+                   "(§11.2)", flat,
+                   "clean accuracy changes by " + ", ".join(f"{c:+.1f}" for c in changes) + " points"),
+            judged("lam_beta", f"A smaller FDM weight λ ({small_lam:g} against {big_lam:g}) helps robustness "
+                   "(poster)", lam_rob, f"{len(lam_rob)} (k, β) cells compared"),
+            judged("lam_beta", "… but costs a little accuracy (poster)", lam_acc,
+                   f"{len(lam_acc)} (k, β) cells compared")]
+
+
+def ablation_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """NEFT adds robustness to vanilla transfer, FDM adds more, and CARTL is also more accurate (§11.3)."""
+    neft_gain: list[Pair] = []
+    fdm_gain: list[Pair] = []
+    acc_gain: list[Pair] = []
+    text = []
+    for k in plan.grid_ks:
+        col = f"k = {k}"
+        tl, neft, cartl = (cell_stat(summary, "ablation", row, col, "robust")
+                           for row in ("AT → TL", "AT → NEFT", "AT+FDM → NEFT"))
+        neft_gain.append((neft, tl))
+        fdm_gain.append((cartl, neft))
+        acc_gain.append((cell_stat(summary, "ablation", "AT+FDM → NEFT", col, "clean"),
+                         cell_stat(summary, "ablation", "AT → TL", col, "clean")))
+        text.append(f"{col}: TL {tl}, NEFT {neft}, FDM+NEFT {cartl}")
+    return [judged("ablation", f"NEFT (β = {plan.ablation_beta:g}) adds robustness to vanilla transfer (§11.3)",
+                   neft_gain, "robust " + "; ".join(text)),
+            judged("ablation", f"An FDM-trained source (λ = {plan.ablation_lam:g}) adds robustness on top of NEFT "
+                   "(§11.3)", fdm_gain, "see the row above"),
+            judged("ablation", "CARTL (FDM + NEFT) is also more accurate than vanilla transfer (§11.3)", acc_gain,
+                   ", ".join(f"k = {k}: {a} against {b}" for k, (a, b) in zip(plan.grid_ks, acc_gain)))]
+
+
+def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """CARTL is more robust than vanilla transfer and LwF, on full and small target data; LwF is below vanilla
+    on both counts (§11.4 and the poster)."""
+    out = []
+    small = f"{plan.small_per_class}/class"
+    for column, where in (("full", "on the full target set"), (small, f"with {small} of target data")):
+        b = {m: (cell_stat(summary, "baselines", m, column, "clean"),
+                 cell_stat(summary, "baselines", m, column, "robust")) for m in ("LwF", "vanilla", "CARTL")}
+        text = ", ".join(f"{m} {b[m][0]} / {b[m][1]}" for m in b)
+        out.append(judged("baselines", f"CARTL is more robust than vanilla transfer and LwF {where} (§11.4"
+                          + (", poster" if column != "full" else "") + ")",
+                          [(b["CARTL"][1], b["vanilla"][1]), (b["CARTL"][1], b["LwF"][1])], "clean / robust: " + text))
+        if column == "full":
+            out.append(judged("baselines", "LwF is less accurate and less robust than vanilla transfer (§11.4)",
+                              [(b["vanilla"][0], b["LwF"][0]), (b["vanilla"][1], b["LwF"][1])], "see the row above"))
+    return out
+
+
+def claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
+    """The paper's claims, table by table, each judged on the summary by ``judge``."""
+    return [*tradeoff_claims(summary, plan), *batchnorm_claims(summary, plan), *lam_beta_claims(summary, plan),
+            *ablation_claims(summary, plan), *baseline_claims(summary, plan)]
+
+
+__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat",
+           "claims", "judge", "judged", "lam_beta_claims", "tradeoff_claims"]

@@ -1,0 +1,132 @@
+"""What the reproduction runs: the plan of its five tables and the cells (transfers) that fill them.
+
+The five tables are the analogues of the paper's (``CARTL_REFERENCE.md`` §11):
+
+1. ``tradeoff`` — vanilla transfer for every k (accuracy rises with k, robustness falls);
+2. ``batchnorm`` — the four BatchNorm cases at one or two k (the 2×2 table);
+3. ``lam_beta`` — NEFT β × FDM λ at three k (CARTL's sweep);
+4. ``ablation`` — AT→TL, AT→NEFT, AT+FDM→NEFT at the same three k;
+5. ``baselines`` — LwF, vanilla and CARTL on the full target set and on a small per-class subset.
+
+A ``Plan`` (one of ``PLANS``: ``quick``, ``smoke``, ``paper``) sets their k, λ, β, seeds and data;
+``cells(plan, seed)`` turns it into one ``TransferConfig`` per table cell. Cells of different tables may be
+the same run, which then trains once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import SourceConfig, TransferConfig, get_preset
+from .models import ARCHITECTURES
+from .paper_results import BN_CASE_LABELS
+
+BN_CASES_2X2 = ("train-update", "train-reuse", "freeze-update", "vanilla")
+BN_LABELS = dict(zip(BN_CASES_2X2, BN_CASE_LABELS.values(), strict=True))  # the columns as the paper writes them
+TABLES = ("tradeoff", "batchnorm", "lam_beta", "ablation", "baselines")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the reproduction runs, per seed (see the module docstring for the five tables).
+
+    ``lams`` are the FDM teachers' weights (the larger first), ``betas`` NEFT's bounds (the largest
+    first); the ablation uses ``ablation_lam``/``ablation_beta`` for both NEFT rows, as the paper's
+    AT+FDM→NEFT row is its λ = 0.005, β = 0.4 cell. The baselines compare at ``baseline_k`` with CARTL =
+    FDM(λ = ablation_lam) + NEFT(β = ablation_beta); LwF fine-tunes ``lwf_k`` blocks with its BatchNorm
+    layers updating (``train-update``), weight ``lwf_lam``.
+    """
+
+    preset: str = "quick"
+    seeds: tuple[int, ...] = (0, 1)
+    tradeoff_ks: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    bn_ks: tuple[int, ...] = (3, 4)
+    grid_ks: tuple[int, ...] = (3, 4, 5)
+    lams: tuple[float, ...] = (0.01, 0.003)
+    betas: tuple[float, ...] = (1.0, 0.6, 0.4)
+    ablation_lam: float = 0.003
+    ablation_beta: float = 0.4
+    baseline_k: int = 4
+    lwf_k: int = 8
+    lwf_lam: float = 0.01
+    small_per_class: int = 20
+
+    def __post_init__(self) -> None:
+        preset = get_preset(self.preset)
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, at least one (two or more for a standard deviation), got {self.seeds}")
+        num_blocks = ARCHITECTURES[preset.arch].num_blocks
+        for name in ("tradeoff_ks", "bn_ks", "grid_ks"):
+            bad = [k for k in getattr(self, name) if not 1 <= k <= num_blocks]
+            if bad or not getattr(self, name):
+                raise ValueError(f"{name} must list k in 1..{num_blocks} ({preset.arch} has L = {num_blocks}), got {getattr(self, name)}")
+        for k in (self.baseline_k, self.lwf_k):
+            if not 1 <= k <= num_blocks:
+                raise ValueError(f"k must be in 1..{num_blocks} for {preset.arch}, got {k}")
+        if len(self.lams) != 2 or len(self.betas) < 2:
+            raise ValueError("lams needs two FDM weights (larger first) and betas at least two NEFT bounds (largest first)")
+        if self.ablation_lam not in self.lams:
+            raise ValueError(f"ablation_lam must be one of lams {self.lams}, got {self.ablation_lam}")
+        if self.small_per_class < 1:
+            raise ValueError(f"small_per_class must be >= 1, got {self.small_per_class}")
+
+
+PLANS: dict[str, Plan] = {
+    "quick": Plan(),
+    # Seconds, for tests and for trying the command: 8x8 digits, one epoch, PGD-2 training.
+    "smoke": Plan(preset="smoke", tradeoff_ks=(1, 4, 8), bn_ks=(4,), grid_ks=(3, 4), betas=(1.0, 0.4),
+                  small_per_class=10),
+    # The paper's scale (for the recipes; it needs a GPU and days).
+    "paper": Plan(preset="paper", tradeoff_ks=tuple(range(1, 18)), bn_ks=(8,), grid_ks=(4, 6, 8), lams=(0.01, 0.005),
+                  ablation_lam=0.005, baseline_k=8, lwf_k=17, small_per_class=500),
+}
+
+
+def get_plan(name: str) -> Plan:
+    """The plan called ``name`` (a key of ``PLANS``); ValueError naming the choices otherwise."""
+    if name not in PLANS:
+        raise ValueError(f"unknown reproduction plan {name!r}; choose one of {', '.join(PLANS)}")
+    return PLANS[name]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One entry of one table: its row and column labels and the transfer that fills it (for one seed)."""
+
+    table: str
+    row: str
+    column: str
+    config: TransferConfig
+
+
+def cells(plan: Plan, seed: int) -> list[Cell]:
+    """Every cell of the five tables for one seed (cells of different tables may share a run)."""
+    preset = get_preset(plan.preset)
+    at = preset.source("at", seed=seed)
+
+    def fdm(k: int, lam: float) -> SourceConfig:
+        return preset.source("fdm", k=k, lam=lam, seed=seed)
+
+    out = [Cell("tradeoff", f"k = {k}", "vanilla", preset.transfer(at, "tl", k=k, seed=seed)) for k in plan.tradeoff_ks]
+    out += [Cell("batchnorm", f"k = {k}", case, preset.transfer(at, "tl", k=k, bn_case=case, seed=seed))
+            for k in plan.bn_ks for case in BN_CASES_2X2]
+    out += [Cell("lam_beta", f"k = {k}, λ = {lam:g}", f"β = {beta:g}",
+                 preset.transfer(fdm(k, lam), "neft", k=k, beta=beta, seed=seed))
+            for k in plan.grid_ks for lam in plan.lams for beta in plan.betas]
+    for k in plan.grid_ks:
+        out += [Cell("ablation", "AT → TL", f"k = {k}", preset.transfer(at, "tl", k=k, seed=seed)),
+                Cell("ablation", "AT → NEFT", f"k = {k}", preset.transfer(at, "neft", k=k, beta=plan.ablation_beta, seed=seed)),
+                Cell("ablation", "AT+FDM → NEFT", f"k = {k}",
+                     preset.transfer(fdm(k, plan.ablation_lam), "neft", k=k, beta=plan.ablation_beta, seed=seed))]
+    full, small = preset.target_dataset, f"{preset.target_dataset}@{plan.small_per_class}/class"
+    for column, dataset in (("full", full), (f"{plan.small_per_class}/class", small)):
+        out += [Cell("baselines", "LwF", column, preset.transfer(at, "lwf", k=plan.lwf_k, lwf_lam=plan.lwf_lam,
+                                                                   bn_case="train-update", seed=seed, dataset=dataset)),
+                Cell("baselines", "vanilla", column, preset.transfer(at, "tl", k=plan.baseline_k, seed=seed, dataset=dataset)),
+                Cell("baselines", "CARTL", column,
+                     preset.transfer(fdm(plan.baseline_k, plan.ablation_lam), "neft", k=plan.baseline_k,
+                                     beta=plan.ablation_beta, seed=seed, dataset=dataset))]
+    return out
+
+
+__all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "PLANS", "Plan", "TABLES", "cells", "get_plan"]

@@ -1,0 +1,192 @@
+"""The reproduction's report: its five tables beside the paper's numbers, the claims, the setting, the recipes.
+
+``write_markdown(result, path)`` writes the Markdown report of a ``reproduce.Reproduction``; ``pivot`` lays one
+table of the summary out as the paper does, ``PAPER`` states the paper's numbers for each table (built from
+``paper_results``, never typed here), and ``figures`` draws the trade-off in k and every cell's clean against
+robust accuracy. The full-scale recipes come from ``recipes.recipes_markdown`` with the GPU rates the caller gives.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .claims import at_chance
+from .config import EvalConfig, Preset, get_preset
+from .models import ARCHITECTURES
+from .paper_results import ABLATION, BASELINES, BN_ABLATION, BN_CASE_LABELS, LAM_BETA, row_text
+from .plan import BN_LABELS, TABLES, Plan
+from .recipes import recipes_markdown
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from .reproduce import Reproduction
+
+# The settings of §11.1 shown beside the BatchNorm table (its CIFAR-10 → GTSRB row is stored, not shown).
+REPORTED_BN_SETTINGS = ("CIFAR-100 → CIFAR-10, k = 8", "CIFAR-10 → SVHN, k = 6", "CIFAR-10 → SVHN, k = 5")
+
+
+def _lam_beta_text() -> str:
+    betas = list(next(iter(LAM_BETA.cells.values())))
+    rows: dict[int, list[str]] = {}
+    for (k, lam), cells in LAM_BETA.cells.items():
+        rows.setdefault(k, []).append(f"λ = {lam:g}: {row_text(cells)}")
+    return (f"CIFAR-100 → CIFAR-10, β = {' / '.join(f'{b:.1f}' for b in betas)}: "
+            + ". ".join(f"k = {k}, " + "; ".join(parts) for k, parts in rows.items()) + ".")
+
+
+# The paper's numbers beside each table (clean / robust %; CARTL_REFERENCE.md §11: CIFAR, WRN-34-10 / WRN-28-4,
+# PGD-100), all read from ``paper_results``.
+PAPER = {
+    "tradeoff": "No table: the poster states the trend (accuracy rises with k, robustness falls); §11.3's TL row "
+                f"reads {row_text(ABLATION['AT → TL'])} at k = {', '.join(map(str, ABLATION['AT → TL']))} on "
+                "CIFAR-100 → CIFAR-10.",
+    "batchnorm": f"cases in the order {', '.join(f'({label})' for label in BN_CASE_LABELS.values())}: "
+                 + "; ".join(f"{setting}: {row_text(BN_ABLATION[setting])}" for setting in REPORTED_BN_SETTINGS) + ".",
+    "lam_beta": _lam_beta_text(),
+    "ablation": f"CIFAR-100 → CIFAR-10, k = {' / '.join(map(str, ABLATION['AT → TL']))}: "
+                + "; ".join(f"{row} {row_text(cells)}" for row, cells in ABLATION.cells.items()) + ".",
+    "baselines": f"{' / '.join(next(iter(BASELINES.cells.values())))}: "
+                 + "; ".join(f"{pair} {row_text(cells)}" for pair, cells in BASELINES.cells.items())
+                 + ". Small-data: a claim of the poster, no numbers.",
+}
+TITLES = {"tradeoff": "1. The trade-off in k (vanilla transfer from the AT teacher)",
+          "batchnorm": "2. The four BatchNorm cases (sub-model frozen set | extractor frozen set)",
+          "lam_beta": "3. CARTL's λ × β sweep (FDM teacher with λ, NEFT with β)",
+          "ablation": "4. Component ablation",
+          "baselines": "5. LwF, vanilla and CARTL, full and small target data"}
+
+
+def pivot(summary: pd.DataFrame, table: str) -> pd.DataFrame:
+    """One table of the summary as row × column cells of "clean / robust" (mean ± std, percent)."""
+    import pandas as pd
+    part = summary[summary.table == table]
+    cell = lambda r: (f"{100 * r.clean_mean:.1f} ± {100 * r.clean_std:.1f} / "  # noqa: E731
+                      f"{100 * r.robust_mean:.1f} ± {100 * r.robust_std:.1f}")
+    frame = pd.DataFrame({"row": part.row, "column": part.column, "cell": [cell(r) for r in part.itertuples()]})
+    shown = frame.pivot(index="row", columns="column", values="cell")
+    shown = shown.loc[list(dict.fromkeys(part.row)), list(dict.fromkeys(part.column))]
+    if table == "batchnorm":
+        shown = shown.rename(columns=BN_LABELS)
+    shown.index.name = None
+    shown.columns.name = None
+    return shown
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    cell = lambda v: "" if isinstance(v, float) and math.isnan(v) else str(v).replace("|", "\\|")  # noqa: E731
+    header = "| | " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|---" * (len(frame.columns) + 1) + "|"
+    lines = [f"| {cell(index)} | " + " | ".join(cell(v) for v in row) + " |"
+             for index, row in zip(frame.index, frame.itertuples(index=False))]
+    return "\n".join([header, rule, *lines])
+
+
+def _attack_words(evaluation: EvalConfig) -> str:
+    """The evaluation's attack in words, for the report's setting line."""
+    eps = f"ε = {evaluation.attack.eps:.4g}"
+    if evaluation.method == "ensemble":
+        return (f"the {evaluation.label}, {eps}: the worst case per example, an example robust only if no attack "
+                "breaks it")
+    if evaluation.method == "autoattack":
+        return f"{evaluation.label}, {eps}"
+    return (f"{evaluation.label} ({eps}, step {evaluation.attack.step_size:.4g}, random start, "
+            f"{'final' if evaluation.mode == 'final' else 'any'} iterate)")
+
+
+def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tuple[float, str]] | None = None) -> Path:
+    """The report: command, machine, date, run time; the five tables beside the paper's; the claims; the
+    full-scale recipes. Written atomically (complete or absent)."""
+    from .store import atomic_write
+    plan, preset = result.plan, get_preset(result.plan.preset)
+    m = result.machine
+    lines = [f"# CARTL reproduction — preset `{plan.preset}`", "",
+             "Produced by the command below; do not edit by hand (a rerun overwrites it).", "",
+             f"- command: `{result.command}`",
+             f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('torch_threads')} torch threads"
+             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, Python {m.get('python')}",
+             f"- date: {m.get('date')}",
+             f"- run time: {result.seconds / 60:.1f} min ({result.trained} transfers trained, {result.loaded} loaded; "
+             f"{result.teachers_trained} of {result.teachers} teachers trained)",
+             f"- setting: {preset.arch}, source `{preset.source_dataset}` → target `{preset.target_dataset}`; "
+             f"training PGD-{preset.train_attack.steps} ε = {preset.train_attack.eps:.4g}; robust accuracy under "
+             f"{_attack_words(preset.evaluation)} on the target's test split; "
+             f"seeds {', '.join(map(str, plan.seeds))}",
+             "- cells: clean / robust accuracy in %, mean ± standard deviation over the seeds.", "",
+             "## The paper's claims, judged here", "",
+             "Rule: a comparison *agrees* when the means go the claimed way and is *clear* when the gap exceeds the "
+             "seeds' spread combined (√(s₁² + s₂²)). **holds**: every comparison clear; **holds partly**: at least "
+             "half agree; **does not hold here**: fewer. With few seeds the spread is a rough noise estimate.", ""]
+    lines += [f"{i}. {claim.sentence()}" for i, claim in enumerate(result.claims, 1)]
+    from .data import load_dataset
+    chance = at_chance(result.summary, load_dataset(preset.target_dataset, split="test").num_classes)
+    if len(chance):
+        lines += ["", "Cells at chance accuracy (clean within 5 points of 1 / classes): these models learned nothing, so "
+                  "their robust accuracy means nothing, and comparisons with them say nothing either: "
+                  + "; ".join(f"{r.table} {r.row} | {r.column} ({100 * r.clean_mean:.1f} / {100 * r.robust_mean:.1f})"
+                              for r in chance.itertuples()) + "."]
+    for table in TABLES:
+        lines += ["", f"## {TITLES[table]}", "", _markdown_table(pivot(result.summary, table)), "",
+                  f"The paper: {PAPER[table]}"]
+    lines += ["", "## Differences from the paper's setting", "",
+              f"- Data and scale: `{preset.source_dataset}` → `{preset.target_dataset}` with {preset.arch} "
+              f"(L = {ARCHITECTURES[preset.arch].num_blocks}) instead of CIFAR with WRN-34-10 (L = 17) or WRN-28-4; "
+              f"{preset.source_optim.epochs} source and {preset.transfer_optim.epochs} transfer epochs instead of 100; "
+              f"{preset.evaluation.short} instead of the paper's PGD-100 (foolbox, step ε/4). The k values are this architecture's "
+              f"(the paper's k = 4 / 6 / 8 of 17 blocks correspond roughly to k = 2 / 3 / 4 of 8).",
+              f"- The FDM teachers are trained for the k of the student they feed (CARTL's pairing), λ ∈ "
+              f"{{{', '.join(f'{x:g}' for x in plan.lams)}}}; the ablation and the baselines use λ = "
+              f"{plan.ablation_lam:g}, β = {plan.ablation_beta:g} (the paper's AT+FDM → NEFT row is λ = 0.005, β = 0.4).",
+              f"- LwF fine-tunes k = {plan.lwf_k} blocks with BatchNorm updating (`train-update`), λ_d = {plan.lwf_lam:g}; "
+              f"the small target set keeps {plan.small_per_class} images per class.",
+              f"- Every transfer trains {preset.transfer_optim.epochs} epochs at batch {preset.transfer_optim.batch_size} "
+              f"(the first a warm-up from lr 0), so on the small target set it takes "
+              f"{preset.transfer_optim.epochs * _batches(plan, preset)} SGD steps, on the full one "
+              f"{preset.transfer_optim.epochs * _batches(plan, preset, full=True)}.",
+              "", "## Full scale: recipes for a GPU", "", recipes_markdown(gpu_rates), ""]
+    text = "\n".join(lines)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+    return path
+
+
+def _batches(plan: Plan, preset: Preset, *, full: bool = False) -> int:
+    """Batches per epoch of the target's training split, full or at ``plan.small_per_class`` per class."""
+    from .data import load_dataset
+    name = preset.target_dataset if full else f"{preset.target_dataset}@{plan.small_per_class}/class"
+    return math.ceil(len(load_dataset(name, split="train")) / preset.transfer_optim.batch_size)
+
+
+def figures(result: Reproduction) -> list[go.Figure]:
+    """Plotly figures of the reproduction: the trade-off in k with error bars, and every cell's clean
+    against robust accuracy, one colour per table."""
+    import plotly.graph_objects as go
+    summary = result.summary
+    part = summary[summary.table == "tradeoff"]
+    ks = list(result.plan.tradeoff_ks)  # the rows, in plan order
+    tradeoff = go.Figure()
+    for metric, name in (("clean", "clean accuracy"), ("robust", "robust accuracy")):
+        tradeoff.add_trace(go.Scatter(x=ks, y=100 * part[f"{metric}_mean"], name=name, mode="lines+markers",
+                                      error_y=dict(type="data", array=100 * part[f"{metric}_std"])))
+    tradeoff.update_layout(title="Vanilla transfer: accuracy against the number of fine-tuned blocks k (mean ± std)",
+                           xaxis_title="k (fine-tuned blocks)", yaxis_title="%")
+    scatter = go.Figure()
+    for table in TABLES:
+        part = summary[summary.table == table]
+        scatter.add_trace(go.Scatter(x=100 * part.robust_mean, y=100 * part.clean_mean, mode="markers", name=table,
+                                     text=[f"{r} | {c}" for r, c in zip(part.row, part.column)],
+                                     error_x=dict(type="data", array=100 * part.robust_std),
+                                     error_y=dict(type="data", array=100 * part.clean_std)))
+    scatter.update_layout(title="Every cell: clean against robust accuracy (mean ± std over seeds)",
+                          xaxis_title="robust accuracy %", yaxis_title="clean accuracy %")
+    return [tradeoff, scatter]
+
+
+__all__ = ["PAPER", "REPORTED_BN_SETTINGS", "TITLES", "figures", "pivot", "write_markdown"]
