@@ -7,6 +7,9 @@ carries plotly.js inline, so the report opens offline.
 - ``tradeoff_figure(table)`` — clean accuracy against robust accuracy, one marker per run (the paper's
   accuracy/robustness trade-off; up and to the right is better).
 - ``history_figure(histories, metric)`` — a per-epoch training curve for each run.
+- ``adversarial_examples_figure(x, x_adv, labels, clean_pred, adv_pred, eps=)`` — clean images, their
+  perturbations and the adversarial images with the predictions on both (§2 of the paper: L∞ adversarial
+  examples; notebook 01).
 - ``percent_table(table, columns)`` — accuracies in percent, for display.
 - ``write_report(path, title=, tables=, figures=, notes=)`` — the HTML report, written atomically.
 """
@@ -16,9 +19,14 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:
+    import torch
 
 PERCENT_COLUMNS = ("clean_acc", "robust_acc", "pgd_acc")
 
@@ -56,6 +64,80 @@ def history_figure(histories: Mapping[str, list[dict]], metric: str = "loss", *,
             fig.add_trace(go.Scatter(x=list(epochs), y=list(values), mode="lines+markers", name=name))
     fig.update_layout(title=title or f"{metric} per epoch", xaxis_title="epoch", yaxis_title=metric,
                       template="plotly_white")
+    return fig
+
+
+def _numpy(values: Any) -> np.ndarray:
+    """A tensor (any device, with or without grad) or an array-like as a numpy array."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+
+
+def _image_trace(image: np.ndarray) -> go.Heatmap | go.Image:
+    """One (C, H, W) image in [0, 1]: a grey heatmap for one channel, an RGB image for three."""
+    if image.shape[0] == 1:
+        return go.Heatmap(z=image[0], colorscale="gray", zmin=0, zmax=1, showscale=False,
+                          hovertemplate="%{z:.2f}<extra></extra>")
+    return go.Image(z=255 * image.transpose(1, 2, 0), hovertemplate="%{z}<extra></extra>")  # (H, W, 3)
+
+
+def adversarial_examples_figure(x: torch.Tensor | np.ndarray, x_adv: torch.Tensor | np.ndarray,
+                                labels: torch.Tensor | Sequence[int], clean_pred: torch.Tensor | Sequence[int],
+                                adv_pred: torch.Tensor | Sequence[int], *, eps: float,
+                                classes: Sequence[object] | None = None, attack: str = "PGD",
+                                model: str | None = None) -> go.Figure:
+    """Clean images, their perturbations and the adversarial images, one column per example.
+
+    Row 1: the clean image, titled with its true class and the prediction on it; row 2: the perturbation
+    x′ − x (red +, blue −, colour scale ±``eps``; for colour images the channel that changed most at each
+    pixel); row 3: the adversarial image, titled with the prediction on it. ✗ marks a wrong prediction, and
+    the figure's title counts the examples still classified correctly after the attack.
+
+    Args:
+        x: clean images in [0, 1].
+        x_adv: their adversarial images (pixel space, within ``eps`` of ``x``).
+        labels: the true classes; clean_pred, adv_pred: the model's predictions on ``x`` and on ``x_adv``.
+        eps: the attack's L∞ radius in pixel units: the range of the perturbation's colour scale.
+        classes: class names, indexed by class (default: the class numbers).
+        attack: the attack's name for the title (e.g. ``"PGD-20"``); model: the attacked model's name.
+
+    Returns:
+        A 3 × N grid of subplots: heatmaps for one-channel images, RGB images for three channels.
+
+    Shape:
+        x, x_adv: (N, C, H, W) with C = 1 or 3; labels, clean_pred, adv_pred: (N,).
+
+    Example:
+        >>> adversarial_examples_figure(x, x_adv, y, model(x).argmax(1), model(x_adv).argmax(1), eps=0.3).show()
+    """
+    images, adversarial = _numpy(x).astype(float), _numpy(x_adv).astype(float)
+    if images.ndim != 4 or images.shape != adversarial.shape or images.shape[1] not in (1, 3):
+        raise ValueError(f"x and x_adv must both be (N, C, H, W) with C = 1 or 3, got {images.shape} and {adversarial.shape}")
+    truth, clean, adv = (_numpy(v).astype(int).tolist() for v in (labels, clean_pred, adv_pred))
+    n = len(images)
+    if not len(truth) == len(clean) == len(adv) == n:
+        raise ValueError(f"labels and predictions must have one entry per image ({n})")
+    name = (lambda c: str(classes[c])) if classes is not None else str
+
+    def said(pred: int, true: int) -> str:
+        return name(pred) + ("" if pred == true else " ✗")
+
+    titles = ([f"y={name(t)} pred {said(p, t)}" for p, t in zip(clean, truth)] + [""] * n
+              + [f"x′ pred {said(p, t)}" for p, t in zip(adv, truth)])
+    fig = make_subplots(rows=3, cols=n, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.06)
+    delta = adversarial - images  # (N, C, H, W)
+    largest = np.take_along_axis(delta, np.abs(delta).argmax(1)[:, None], axis=1)[:, 0]  # (N, H, W)
+    for i in range(n):
+        fig.add_trace(_image_trace(images[i]), row=1, col=i + 1)
+        fig.add_trace(go.Heatmap(z=largest[i], colorscale="RdBu_r", zmin=-eps, zmax=eps, showscale=False,
+                                 hovertemplate="%{z:.2f}<extra></extra>"), row=2, col=i + 1)
+        fig.add_trace(_image_trace(adversarial[i]), row=3, col=i + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    fig.update_annotations(font_size=10)
+    still = sum(p == t for p, t in zip(adv, truth))
+    against = f"the {model} model" if model else "the model"
+    fig.update_layout(title=f"{attack} at ε = {eps:g} against {against}: {still}/{n} still correct",
+                      height=430, width=20 + 110 * n, margin=dict(l=10, r=10, t=70, b=10), template="plotly_white")
     return fig
 
 

@@ -92,16 +92,57 @@ def test_live_history_headless_collects_points_into_a_static_figure(monkeypatch)
     assert list(live.figure.data[2].y) == [2.0] and list(live.figure.data[3].y) == []
 
 
-def test_live_history_in_jupyterlab_is_a_figure_widget_shown_at_once(monkeypatch):
+class _Handles:
+    """Stands in for IPython's display(obj, display_id=True): records what is shown and each redraw."""
+
+    def __init__(self):
+        self.shown, self.updates = [], []
+
+    def display(self, obj, display_id=False):
+        import copy
+        self.shown.append(copy.deepcopy(obj))
+        handles = self
+
+        class Handle:
+            def update(self, new):
+                handles.updates.append(copy.deepcopy(new))
+        return Handle()
+
+
+def test_live_history_in_jupyterlab_is_a_plain_figure_redrawn_in_place(monkeypatch):
+    import IPython.display
     monkeypatch.setenv(widgets.HEADLESS_ENV, "0")
-    shown = []
-    monkeypatch.setattr(widgets, "_show", shown.append)
+    handles = _Handles()
+    monkeypatch.setattr(IPython.display, "display", handles.display)
     live = widgets.LiveHistory(["loss"], name="run")
-    assert isinstance(live.figure, go.FigureWidget) and shown == [live.figure]
+    assert type(live.figure) is go.Figure, "no FigureWidget: a saved notebook keeps no widget model"
+    assert len(handles.shown) == 1
     live.callback({"epoch": 1, "loss": 0.5})
+    live.callback({"epoch": 2, "loss": 0.25})
     live.show()
-    assert shown == [live.figure], "shown once, then updated in place"
-    assert list(live.figure.data[0].y) == [0.5]
+    assert len(handles.shown) == 1, "shown once, then redrawn in place"
+    assert list(handles.updates[-1].data[0].y) == [0.5, 0.25], "the last redraw holds every point so far"
+    scatter = widgets.TradeoffScatter()
+    scatter.add("NEFT", 0.9, 0.4)
+    assert len(handles.shown) == 2 and list(handles.updates[-1].data[0].text) == ["NEFT"]
+
+
+def test_progress_in_jupyterlab_is_an_html_line_not_a_widget(monkeypatch):
+    import IPython.display
+    from cartl_kit import progress
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "0")
+    monkeypatch.setattr(progress, "REFRESH_SECONDS", 0.0)
+    handles = _Handles()
+    monkeypatch.setattr(IPython.display, "display", handles.display)
+    line = progress.bar(range(3), total=3, desc="epoch 1/2")
+    line.set_postfix({"loss": "0.500"})
+    assert list(line) == [0, 1, 2]
+    drawn = [h.data for h in handles.shown + handles.updates]
+    assert all(isinstance(h, IPython.display.HTML) for h in handles.shown + handles.updates)
+    assert "epoch 1/2" in drawn[0] and "0/3" in drawn[0] and any("3/3" in d and "loss 0.500" in d for d in drawn)
+    assert drawn[-1] == "", "a finished bar is emptied, as tqdm removes its own (leave=False)"
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
+    assert type(progress.bar(range(2))).__name__ == "tqdm", "headless or in a terminal: tqdm's text bar"
 
 
 def test_tradeoff_scatter_adds_percent_points(monkeypatch):
@@ -112,3 +153,75 @@ def test_tradeoff_scatter_adds_percent_points(monkeypatch):
     trace = scatter.figure.data[0]
     assert list(trace.text) == ["vanilla", "CARTL"]
     assert list(trace.x) == pytest.approx([47.8, 60.8]) and list(trace.y) == pytest.approx([99.2, 98.0])
+
+
+def test_k_slider_spans_the_blocks_of_the_architecture_or_the_model():
+    import ipywidgets
+    from cartl_kit.models import ARCHITECTURES
+    slider = widgets.k_slider("wrn16_1", value=4)
+    assert isinstance(slider, ipywidgets.IntSlider) and (slider.min, slider.max, slider.value) == (1, 8, 4)
+    assert widgets.k_slider("wrn34_10", value=4).max == ARCHITECTURES["wrn34_10"].num_blocks == 17
+    assert widgets.k_slider(types.SimpleNamespace(num_blocks=5), value=5).max == 5
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.8"):
+        widgets.k_slider("wrn16_1", value=9)  # refused, not clamped to 8
+    with pytest.raises(ValueError, match="unknown architecture"):
+        widgets.k_slider("resnet18", value=1)
+
+
+@pytest.fixture
+def fake_run_row(monkeypatch):
+    """Replace run_row by one that 'trains' two epochs through the callback; returns the calls it received."""
+    from cartl_kit import experiments
+    calls = []
+
+    def run_row(config, evaluation, *, callback=None, **kwargs):
+        calls.append({"config": config, "evaluation": evaluation, "callback": callback, **kwargs})
+        for epoch in (1, 2):
+            if callback is not None:
+                callback({"epoch": epoch, "loss": config / epoch, "train_acc": 0.5})
+        return {"run": f"run-{config}", "clean_acc": 0.9, "robust_acc": config / 10, **{
+            k: v for k, v in kwargs.items() if k not in ("root", "device", "progress", "pgd")}}
+    monkeypatch.setattr(experiments, "run_row", run_row)
+    return calls
+
+
+def test_live_runs_draws_curves_keeps_rows_and_adds_points(monkeypatch, fake_run_row):
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
+    live = widgets.LiveRuns("the evaluation", root="runs", device="cpu", title="t", pgd=True, progress=False)
+    first = live.add(1, label="a", method_name="x")
+    live.add(3, label="b")
+    assert first == {"run": "run-1", "clean_acc": 0.9, "robust_acc": 0.1, "label": "a", "method_name": "x"}
+    assert [r["label"] for r in live.rows] == ["a", "b"]
+    assert all(c["evaluation"] == "the evaluation" and c["root"] == "runs" and c["device"] == "cpu" and c["pgd"]
+               and c["progress"] is False for c in fake_run_row)
+    assert [t.name for t in live.curves.figure.data] == ["a loss", "a train_acc", "b loss", "b train_acc"]
+    assert list(live.curves.figure.data[2].y) == [3.0, 1.5], "each run's records go to its own curves"
+    points = live.scatter.figure.data[0]
+    assert list(points.text) == ["a", "b"] and list(points.x) == pytest.approx([10, 30])
+
+
+def test_live_runs_adds_a_run_once_and_can_leave_the_curves_alone(monkeypatch, fake_run_row):
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
+    live = widgets.LiveRuns("the evaluation")
+    live.add(1, label="a")
+    again = live.add(1, label="a again", with_curves=False)  # a panel re-running a config of the loop
+    live.add(2, label="c", with_curves=False)
+    assert again["label"] == "a again" and fake_run_row[1]["callback"] is None
+    assert [r["label"] for r in live.rows] == ["a", "c"] and list(live.scatter.figure.data[0].text) == ["a", "c"]
+    assert len(live.curves.figure.data) == 2, "only the first run drew curves"
+
+
+def test_live_runs_draws_a_loaded_run_as_it_drew_it_training(monkeypatch, tmp_path):
+    """The smoke preset for real (about 10 s): a transfer trained with live curves, then loaded into a new board."""
+    from cartl_kit.config import get_preset
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
+    preset = get_preset("smoke")
+    config = preset.transfer(preset.source("at"), "tl", k=2)
+    trained, loaded = (widgets.LiveRuns(preset.evaluation, root=tmp_path, device="cpu", pgd=True, progress=False)
+                       for _ in range(2))
+    row = trained.add(config, label="k=2")
+    assert loaded.add(config, label="k=2") == row and loaded.rows == [row] and "pgd_acc" in row
+    curves = [(t.name, list(t.x), list(t.y)) for t in trained.curves.figure.data]
+    assert curves == [(t.name, list(t.x), list(t.y)) for t in loaded.curves.figure.data]
+    assert [name for name, _, _ in curves] == ["k=2 loss", "k=2 train_acc"] and curves[0][1] == [1]
+    assert list(loaded.scatter.figure.data[0].x) == pytest.approx([100 * row["robust_acc"]])
