@@ -169,7 +169,7 @@ def _cell(column: str, value) -> str:
 def _percent_table(table, columns, **names) -> str:
     """``plots.percent_table`` as text: '-' for missing values, k as an integer, λ and β by their letters."""
     from .plots import percent_table
-    shown = percent_table(table, columns, **names).astype(object)
+    shown = percent_table(table, columns, missing=None, **names).astype(object)
     for column in shown.columns:
         shown[column] = [_cell(column, value) for value in shown[column]]
     return shown.rename(columns={"lam": "λ", "beta": "β"}).to_string(index=False)

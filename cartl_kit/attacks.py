@@ -235,3 +235,74 @@ def fgsm(
         >>> x_adv = fgsm(model, x, y, eps=8/255)
     """
     return pgd_linf(model, x, y, eps=eps, step_size=eps, steps=1, random_start=False, loss_fn=loss_fn)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The margin (Carlini-Wagner) loss to maximise: sum over the batch of max_{i != y} z_i - z_y, in float32.
+
+    Positive exactly where an example is misclassified. Pass it as ``loss_fn`` to ``attacks.pgd_linf``.
+
+    Example:
+        >>> x_adv = pgd_linf(model, x, y, eps=0.3, step_size=0.075, steps=20, loss_fn=margin_loss)
+    """
+    z = logits.float()
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    return (z.scatter(1, y[:, None], -float("inf")).amax(1) - z_y).sum()
+
+
+TRACE_LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits.float(), y, reduction="sum"), "margin": margin_loss}
+
+
+def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
+              loss: str = "ce", random_start: bool = True, generator: torch.Generator | None = None,
+              active: torch.Tensor | None = None) -> torch.Tensor:
+    """Any-iterate PGD that records at which iterate each example broke.
+
+    With ``loss="ce"`` it follows exactly the trajectory of ``attacks.pgd_linf_any`` (same random start
+    for the same generator): ``pgd_trace(...) <= k`` is the broken mask of a k-step ``pgd_linf_any``.
+
+    Args:
+        model: the classifier, in eval mode (broken examples leave the batch).
+        x, y, eps, step_size, steps, random_start, generator: as in ``attacks.pgd_linf``.
+        loss: ``"ce"`` (summed cross-entropy) or ``"margin"`` (``margin_loss``).
+        active: (B,) bool, the examples to attack (e.g. the clean-correct ones); the others break at 0.
+
+    Returns:
+        A (B,) long tensor: the first iterate (0 = the random start) classified wrongly, or
+        ``steps + 1`` for an example no iterate broke.
+
+    Example:
+        >>> broken_at = pgd_trace(model.eval(), x, y, eps=0.3, step_size=0.075, steps=50, loss="margin")
+        >>> robust_after_20 = (broken_at > 20).float().mean()
+    """
+    check_attack_args(eps=eps, step_size=step_size, steps=steps)
+    if model.training:
+        raise ValueError("pgd_trace needs the model in eval mode (model.eval())")
+    if loss not in TRACE_LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(TRACE_LOSSES)}")
+    x = x.detach()
+    broken_at = torch.full((len(x),), steps + 1, dtype=torch.long, device=x.device)
+    if active is not None:
+        broken_at[~active.to(x.device)] = 0
+    x_adv = x.clone()
+    if random_start:  # as attacks.pgd_linf_any: uniform in the ball, drawn for the whole batch, clipped
+        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+        x_adv = (x + (2 * noise.to(x.device, x.dtype) - 1) * eps).clamp(0.0, 1.0)
+    index = torch.nonzero(broken_at > steps).squeeze(1)
+    x_adv, xc, yc = x_adv[index], x[index], y[index]
+    for step in range(steps + 1):
+        if len(index) == 0:
+            break
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        wrong = logits.argmax(1) != yc
+        broken_at[index[wrong]] = step
+        keep = ~wrong
+        if step == steps or not keep.any():
+            break
+        (grad,) = torch.autograd.grad(TRACE_LOSSES[loss](logits[keep], yc[keep]), x_adv)
+        with torch.no_grad():
+            index, xc, yc = index[keep], xc[keep], yc[keep]
+            x_adv = x_adv[keep] + step_size * grad[keep].sign()
+            x_adv = torch.min(torch.max(x_adv, xc - eps), xc + eps).clamp(0.0, 1.0)
+    return broken_at

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 PERCENT_COLUMNS = ("clean_acc", "robust_acc", "pgd_acc")
+INTEGER_COLUMNS = ("k", "seed", "epochs")
 
 
 def tradeoff_figure(table, *, label: str = "label", color: str | None = "method",
@@ -46,7 +47,7 @@ def tradeoff_figure(table, *, label: str = "label", color: str | None = "method"
     for name, rows in groups:
         fig.add_trace(go.Scatter(
             x=100 * rows["robust_acc"], y=100 * rows["clean_acc"], mode="markers+text", name=str(name or "runs"),
-            text=rows[label], textposition="top center", marker=dict(size=12),
+            text=rows[label], textposition="top center", marker=dict(size=12), cliponaxis=False,
             hovertemplate="%{text}<br>robust %{x:.1f} %<br>clean %{y:.1f} %<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="robust accuracy (%)", yaxis_title="clean accuracy (%)",
                       template="plotly_white", legend_title_text=color or "")
@@ -141,16 +142,27 @@ def adversarial_examples_figure(x: torch.Tensor | np.ndarray, x_adv: torch.Tenso
     return fig
 
 
-def percent_table(table, columns: Iterable[str] | None = None, *, headline: str | None = None, pgd: str = "PGD"):
+def percent_table(table, columns: Iterable[str] | None = None, *, headline: str | None = None, pgd: str = "PGD",
+                  missing: str | None = "–"):
     """A copy of ``table`` (optionally only ``columns``) with accuracies as percent (1 decimal), for display.
 
     ``headline`` names the attack of ``robust_acc`` in its column ("robust % (ensemble)"); ``pgd`` that of
-    ``pgd_acc`` (e.g. "PGD-20"). Missing columns among ``columns`` are left out.
+    ``pgd_acc`` (e.g. "PGD-20"). Missing columns among ``columns`` are left out. Whole-number columns
+    (``k``, ``seed``) print as integers, and a value a row does not have (vanilla's λ and β) as ``missing``
+    (None: left as NaN).
     """
     shown = table[[c for c in columns if c in table.columns]].copy() if columns is not None else table.copy()
     for column in PERCENT_COLUMNS:
         if column in shown.columns:
             shown[column] = (100 * shown[column].astype(float)).round(1)
+    for column in INTEGER_COLUMNS:
+        if column in shown.columns and shown[column].dtype.kind == "f" and \
+                shown[column].dropna().map(float.is_integer).all():
+            shown[column] = shown[column].astype("Int64")
+    if missing is not None:
+        for column in shown.columns:
+            if shown[column].isna().any():
+                shown[column] = shown[column].astype(object).where(shown[column].notna(), missing)
     robust = f"robust % ({headline})" if headline else "robust %"
     return shown.rename(columns={"clean_acc": "clean %", "robust_acc": robust, "pgd_acc": f"{pgd} %"})
 

@@ -21,6 +21,7 @@ All computation goes through ``cartl_kit.runs`` (a run that exists is loaded at 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
@@ -93,9 +94,22 @@ class _LiveFigure:
     def __init__(self, figure: go.Figure):
         self.figure, self.live, self._handle, self._shown = figure, not headless(), None, False
 
+    def bundle(self) -> dict:
+        """The figure as a notebook output: plotly's own mime type (JupyterLab draws it), and a text line.
+
+        Given as a raw bundle because a plotly figure displays itself through its renderers, which ignore
+        the display id (each redraw would add an output instead of replacing it).
+        """
+        import json
+
+        import plotly.io as pio
+        title = self.figure.layout.title.text or "figure"
+        return {"application/vnd.plotly.v1+json": json.loads(pio.to_json(self.figure, validate=False)),
+                "text/plain": f"<plotly figure: {title}>"}
+
     def redraw(self) -> None:
         if self._handle is not None:
-            self._handle.update(self.figure)
+            self._handle.update(self.bundle(), raw=True)
 
     def show(self) -> None:
         """Live: show the figure (once; later changes redraw it in place). Headless: show it as it is now."""
@@ -105,7 +119,7 @@ class _LiveFigure:
                     from IPython.display import display
                 except ImportError:
                     return
-                self._handle = display(self.figure, display_id=True)
+                self._handle = display(self.bundle(), raw=True, display_id=True)
         elif not self._shown:
             self._shown = True
             _show(self.figure)
@@ -141,6 +155,8 @@ class LiveHistory(_LiveFigure):
             if metric in record:
                 trace.x = (*trace.x, record["epoch"])
                 trace.y = (*trace.y, record[metric])
+        # whole epochs on the axis (plotly would tick a two-epoch run at 1.2, 1.4, ...)
+        self.figure.update_xaxes(tick0=1, dtick=max(1, math.ceil(record.get("epoch", 1) / 10)))
         self.redraw()
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from cartl_kit.attacks import pgd_linf_any
-from cartl_kit.convergence import Grid, convergence_report, format_report, margin_loss, pgd_trace
+from cartl_kit.attacks import margin_loss, pgd_trace
+from cartl_kit.convergence import Grid, convergence_report, format_report
 from cartl_kit.ensemble import EnsembleConfig
 from conftest import EPS
 

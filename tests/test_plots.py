@@ -52,3 +52,15 @@ def test_mismatched_shapes_are_refused():
         adversarial_examples_figure(x, x_adv[:2], y, clean_pred, adv_pred, eps=EPS)
     with pytest.raises(ValueError, match="one entry per image"):
         adversarial_examples_figure(x, x_adv, y[:2], clean_pred, adv_pred, eps=EPS)
+
+
+def test_percent_table_prints_k_as_an_integer_and_a_dash_for_what_a_row_lacks():
+    import pandas as pd
+    from cartl_kit.plots import percent_table
+    table = pd.DataFrame([{"label": "vanilla", "k": 4.0, "beta": float("nan"), "clean_acc": 0.992, "robust_acc": 0.404},
+                          {"label": "NEFT", "k": 4.0, "beta": 0.6, "clean_acc": 0.986, "robust_acc": 0.434}])
+    shown = percent_table(table, headline="ensemble")
+    assert list(shown["k"].astype(str)) == ["4", "4"] and list(shown["beta"]) == ["–", 0.6]
+    assert list(shown["robust % (ensemble)"]) == [40.4, 43.4]
+    assert "NaN" not in shown.to_html() and "4.0" not in shown.to_string()
+    assert percent_table(table, missing=None)["beta"].isna().sum() == 1

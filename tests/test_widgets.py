@@ -90,6 +90,7 @@ def test_live_history_headless_collects_points_into_a_static_figure(monkeypatch)
     assert names == ["vanilla loss", "vanilla train_acc", "NEFT loss", "NEFT train_acc"]
     assert list(live.figure.data[0].x) == [1, 2, 3] and list(live.figure.data[1].y) == [0.6, 0.7, 0.8]
     assert list(live.figure.data[2].y) == [2.0] and list(live.figure.data[3].y) == []
+    assert live.figure.layout.xaxis.dtick == 1, "whole epochs on the axis"
 
 
 class _Handles:
@@ -98,13 +99,13 @@ class _Handles:
     def __init__(self):
         self.shown, self.updates = [], []
 
-    def display(self, obj, display_id=False):
+    def display(self, obj, display_id=False, raw=False):
         import copy
         self.shown.append(copy.deepcopy(obj))
         handles = self
 
         class Handle:
-            def update(self, new):
+            def update(self, new, raw=False):
                 handles.updates.append(copy.deepcopy(new))
         return Handle()
 
@@ -121,10 +122,12 @@ def test_live_history_in_jupyterlab_is_a_plain_figure_redrawn_in_place(monkeypat
     live.callback({"epoch": 2, "loss": 0.25})
     live.show()
     assert len(handles.shown) == 1, "shown once, then redrawn in place"
-    assert list(handles.updates[-1].data[0].y) == [0.5, 0.25], "the last redraw holds every point so far"
+    plotly = "application/vnd.plotly.v1+json"
+    assert set(handles.shown[0]) == {plotly, "text/plain"}, "a raw bundle: a figure displayed as itself ignores the id"
+    assert list(handles.updates[-1][plotly]["data"][0]["y"]) == [0.5, 0.25], "the last redraw holds every point so far"
     scatter = widgets.TradeoffScatter()
     scatter.add("NEFT", 0.9, 0.4)
-    assert len(handles.shown) == 2 and list(handles.updates[-1].data[0].text) == ["NEFT"]
+    assert len(handles.shown) == 2 and list(handles.updates[-1][plotly]["data"][0]["text"]) == ["NEFT"]
 
 
 def test_progress_in_jupyterlab_is_an_html_line_not_a_widget(monkeypatch):
