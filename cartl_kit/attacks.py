@@ -284,10 +284,7 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     broken_at = torch.full((len(x),), steps + 1, dtype=torch.long, device=x.device)
     if active is not None:
         broken_at[~active.to(x.device)] = 0
-    x_adv = x.clone()
-    if random_start:  # as attacks.pgd_linf_any: uniform in the ball, drawn for the whole batch, clipped
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x_adv = (x + (2 * noise.to(x.device, x.dtype) - 1) * eps).clamp(0.0, 1.0)
+    x_adv = _start(x, eps=eps, random_start=random_start, generator=generator)  # as pgd_linf_any's, whole batch
     index = torch.nonzero(broken_at > steps).squeeze(1)
     x_adv, xc, yc = x_adv[index], x[index], y[index]
     for step in range(steps + 1):
