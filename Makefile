@@ -11,6 +11,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --upgrade -q pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) tools/lab_settings.py
 	touch $@
 
 venv: $(VENV)/.installed

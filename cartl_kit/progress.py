@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import html
+import sys
 import time
 from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
 
@@ -82,9 +83,11 @@ def bar(iterable: Iterable[T], *, total: int | None = None, desc: str = "", disa
 
     The result iterates like ``iterable`` and has ``set_postfix`` (tqdm's, or ``HtmlBar``'s).
     """
-    from .widgets import headless
+    from .widgets import headless, in_panel
     if disable or headless():
         return text_bar(iterable, total=total, desc=desc, leave=leave, disable=disable)
+    if in_panel():  # an ipywidgets Output ignores redraws through a display id: a text bar, on stdout
+        return text_bar(iterable, total=total, desc=desc, leave=leave, file=sys.stdout)
     return HtmlBar(iterable, total, desc, leave=leave)
 
 

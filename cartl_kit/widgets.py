@@ -47,6 +47,16 @@ class _HasBlocks(Protocol):
     def num_blocks(self) -> int: ...
 
 
+_PANEL_RUNNING = False  # a panel's button callback is running (its output goes to an ipywidgets Output)
+
+
+def in_panel() -> bool:
+    """Whether a panel's button is running its action. Its outputs are captured by an ipywidgets ``Output``,
+    which ignores redraws through a display id (JupyterLab 4, ipywidgets 8): progress there is plain text,
+    and a panel shows figures as new outputs (``LiveRuns.snapshot``)."""
+    return _PANEL_RUNNING
+
+
 def headless() -> bool:
     """True unless running in a Jupyter kernel that a Jupyter server started for an open notebook.
 
@@ -133,12 +143,13 @@ class LiveHistory(_LiveFigure):
         >>> run(config, callback=live.callback); live.show()
     """
 
-    def __init__(self, metrics: Iterable[str] = ("loss",), *, title: str = "training", name: str | None = None):
+    def __init__(self, metrics: Iterable[str] = ("loss",), *, title: str = "training", name: str | None = None,
+                 show: bool = True):
         super().__init__(go.Figure(layout=dict(title=title, xaxis_title="epoch", template="plotly_white")))
         self.metrics = list(metrics)
         if name is not None:
             self.new_run(name)
-        if self.live:
+        if self.live and show:
             self.show()
 
     def new_run(self, name: str) -> None:
@@ -163,13 +174,13 @@ class LiveHistory(_LiveFigure):
 class TradeoffScatter(_LiveFigure):
     """Clean against robust accuracy, one marker per run, growing as runs finish (``add``)."""
 
-    def __init__(self, *, title: str = "Accuracy against robustness"):
+    def __init__(self, *, title: str = "Accuracy against robustness", show: bool = True):
         super().__init__(go.Figure(layout=dict(title=title, xaxis_title="robust accuracy (%)",
                                                yaxis_title="clean accuracy (%)", template="plotly_white")))
         self.figure.add_scatter(x=[], y=[], text=[], mode="markers+text", textposition="top center",
                                 marker=dict(size=11), name="runs", cliponaxis=False,
                                 hovertemplate="%{text}<br>robust %{x:.1f} %<br>clean %{y:.1f} %<extra></extra>")
-        if self.live:
+        if self.live and show:
             self.show()
 
     def add(self, label: str, clean_acc: float, robust_acc: float) -> None:
@@ -194,6 +205,7 @@ class LiveRuns:
         metrics: the history columns drawn as curves.
         pgd: also evaluate under the paper's PGD-k (the row's ``pgd_acc``), as ``run_row(pgd=True)``.
         progress: progress bars (``run_row``'s default when None); False when the live curves are the progress.
+        show: show the figures at once in JupyterLab (False for a panel's board: ``snapshot()`` after each press).
 
     Example:
         >>> live = LiveRuns(preset.evaluation, root="runs", title="Fine-tuning", pgd=True)
@@ -202,10 +214,11 @@ class LiveRuns:
 
     def __init__(self, evaluation: EvalConfig, *, root: str | os.PathLike | None = None, device: Any = None,
                  title: str = "Fine-tuning", scatter_title: str = "Accuracy against robustness",
-                 metrics: Iterable[str] = ("loss", "train_acc"), pgd: bool = False, progress: bool | None = None):
+                 metrics: Iterable[str] = ("loss", "train_acc"), pgd: bool = False, progress: bool | None = None,
+                 show: bool = True):
         self.evaluation, self.root, self.device, self.pgd, self.progress = evaluation, root, device, pgd, progress
-        self.curves = LiveHistory(metrics, title=title)
-        self.scatter = TradeoffScatter(title=scatter_title)
+        self.curves = LiveHistory(metrics, title=title, show=show)
+        self.scatter = TradeoffScatter(title=scatter_title, show=show)
         self.rows: list[dict] = []
         self._added: list[Config] = []  # configs already drawn (compared by value)
 
@@ -228,6 +241,11 @@ class LiveRuns:
             self.rows.append(row)
             self.scatter.add(label, row["clean_acc"], row["robust_acc"])
         return row
+
+    def snapshot(self) -> None:
+        """Show both figures as they are now, as new outputs (what a panel shows after each press)."""
+        _show(go.Figure(self.curves.figure))
+        _show(go.Figure(self.scatter.figure))
 
     def show(self) -> None:
         """Show the curves and the scatter (headless: their finished static figures; live: already shown)."""
@@ -275,7 +293,9 @@ def panel(controls: Mapping[str, _Control], action: Callable[..., object], *, bu
     run_button = w.Button(description=button, button_style="primary")
 
     def clicked(_):
+        global _PANEL_RUNNING
         run_button.disabled = True
+        _PANEL_RUNNING = True
         try:
             with out:
                 out.clear_output(wait=True)
@@ -283,6 +303,7 @@ def panel(controls: Mapping[str, _Control], action: Callable[..., object], *, bu
                 if result is not None:
                     _show(result)
         finally:
+            _PANEL_RUNNING = False
             run_button.disabled = False
 
     run_button.on_click(clicked)

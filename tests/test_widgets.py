@@ -144,6 +144,9 @@ def test_progress_in_jupyterlab_is_an_html_line_not_a_widget(monkeypatch):
     assert all(isinstance(h, IPython.display.HTML) for h in handles.shown + handles.updates)
     assert "epoch 1/2" in drawn[0] and "0/3" in drawn[0] and any("3/3" in d and "loss 0.500" in d for d in drawn)
     assert drawn[-1] == "", "a finished bar is emptied, as tqdm removes its own (leave=False)"
+    monkeypatch.setattr(widgets, "_PANEL_RUNNING", True)
+    assert type(progress.bar(range(2))).__name__ == "tqdm", "in a panel's Output (which ignores redraws): text"
+    monkeypatch.setattr(widgets, "_PANEL_RUNNING", False)
     monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
     assert type(progress.bar(range(2))).__name__ == "tqdm", "headless or in a terminal: tqdm's text bar"
 
