@@ -250,7 +250,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (z.scatter(1, y[:, None], -float("inf")).amax(1) - z_y).sum()
 
 
-TRACE_LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits.float(), y, reduction="sum"), "margin": margin_loss}
+TRACE_LOSSES = {"ce": _sum_cross_entropy, "margin": margin_loss}
 
 
 def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -323,7 +324,14 @@ def blocks(model: WideResNet) -> list[nn.Module]:
     return list(model.blocks)
 
 
-def check_k(model: WideResNet, k: int) -> int:
+class HasBlocks(Protocol):
+    """Anything that says how many blocks it has (a ``WideResNet``)."""
+
+    @property
+    def num_blocks(self) -> int: ...
+
+
+def check_k(model: HasBlocks, k: int) -> int:
     """Validate a fine-tuning depth: 1 <= k <= L. Returns L."""
     num_blocks = model.num_blocks
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_blocks:

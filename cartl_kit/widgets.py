@@ -29,6 +29,7 @@ import plotly.graph_objects as go
 
 if TYPE_CHECKING:
     from .config import EvalConfig
+    from .models import HasBlocks
     from .store import Config
 
 HEADLESS_ENV = "CARTL_HEADLESS"
@@ -38,13 +39,6 @@ class _Control(Protocol):
     """What ``panel`` reads of a control: an ipywidgets widget, or anything with a ``value``."""
 
     value: Any
-
-
-class _HasBlocks(Protocol):
-    """A model that says how many blocks it has (``WideResNet``)."""
-
-    @property
-    def num_blocks(self) -> int: ...
 
 
 _PANEL_RUNNING = False  # a panel's button callback is running (its output goes to an ipywidgets Output)
@@ -253,7 +247,7 @@ class LiveRuns:
         self.scatter.show()
 
 
-def k_slider(arch_or_model: str | _HasBlocks, *, value: int, description: str = "k") -> Any:
+def k_slider(arch_or_model: str | HasBlocks, *, value: int, description: str = "k") -> Any:
     """An ipywidgets ``IntSlider`` for k, the number of fine-tuned blocks, from 1 to the model's L blocks.
 
     Args:
@@ -265,15 +259,15 @@ def k_slider(arch_or_model: str | _HasBlocks, *, value: int, description: str = 
     Example:
         >>> panel({"k": k_slider(preset.arch, value=4)}, fine_tune)
     """
+    from .models import ARCHITECTURES, check_k
     if isinstance(arch_or_model, str):
-        from .models import ARCHITECTURES
+        from .config import check_arch_k
         if arch_or_model not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch_or_model!r}; choose one of {', '.join(ARCHITECTURES)}")
+        check_arch_k(arch_or_model, value)  # the kit's one k check for an architecture name
         num_blocks = ARCHITECTURES[arch_or_model].num_blocks
     else:
-        num_blocks = arch_or_model.num_blocks
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= num_blocks:
-        raise ValueError(f"k must be an integer in 1..{num_blocks} (the number of blocks of this model), got {value!r}")
+        num_blocks = check_k(arch_or_model, value)  # ... and for a model
     import ipywidgets as w
     return w.IntSlider(value=value, min=1, max=num_blocks, description=description)
 
