@@ -22,6 +22,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .attacks import check_attack_args, check_images
+from .progress import attack_step
 
 ALPHA, RHO = 0.75, 0.75  # momentum and the oscillation threshold of Croce & Hein
 
@@ -166,9 +167,11 @@ def apgd(
     best_at_mark = best_value.clone()
     halved_at_mark = torch.zeros(len(index), dtype=torch.bool, device=x.device)
 
+    name = "APGD-T" if target is not None else f"APGD-{loss.upper()}"
     for i in range(steps):
         if len(index) == 0:
             break
+        attack_step(name, i + 1, steps)
         with torch.no_grad():
             z = _project(x_adv + step.view(shape) * grad.sign(), xc, eps)
             a = ALPHA if i > 0 else 1.0

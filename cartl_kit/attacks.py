@@ -20,6 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .params import check_bool
+from .progress import attack_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -131,7 +132,8 @@ def pgd_linf(
     loss_fn = loss_fn or _sum_cross_entropy
     x = x.detach()
     x_adv = _start(x, eps=eps, random_start=random_start, generator=generator)
-    for _ in range(steps):
+    for i in range(steps):
+        attack_step("PGD", i + 1, steps)
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
@@ -193,6 +195,7 @@ def pgd_linf_any(
     for step in range(steps + 1):
         if len(index) == 0:
             break
+        attack_step("PGD", step, steps)
         x_adv.requires_grad_(True)
         logits = model(x_adv)
         wrong = logits.argmax(1) != y_active

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from .progress import bar as progress_bar
+from .progress import bar as progress_bar, showing_attack_steps
 
 from .apgd import apgd, apgd_targeted
 from .attacks import check_attack_args, check_images, pgd_linf_any
@@ -185,13 +185,15 @@ def ensemble_accuracy(model: nn.Module, loader: Batches, *, eps: float, config: 
     by: list[str] = []
     seen = 0
     total = len(loader) if isinstance(loader, Sized) else None
-    for index, (x, y) in enumerate(progress_bar(loader, total=total, desc="ensemble", disable=not progress)):
+    batches = progress_bar(loader, total=total, desc="ensemble", disable=not progress)
+    for index, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
         if max_examples is not None:
             x, y = x[: max_examples - seen], y[: max_examples - seen]
         if index == 0:
             check_model(model, x, y)
-        by += worst_case(model, x, y, eps=eps, config=config, generator=generator)[1]
+        with showing_attack_steps(batches):
+            by += worst_case(model, x, y, eps=eps, config=config, generator=generator)[1]
         seen += len(y)
         if max_examples is not None and seen >= max_examples:
             break

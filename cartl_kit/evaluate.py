@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from .progress import bar as progress_bar
+from .progress import bar as progress_bar, showing_attack_steps
 
 from .attacks import AttackConfig, pgd_linf, pgd_linf_any
 from .speed import autocast, check_precision, configure_cuda
@@ -153,7 +153,8 @@ def robust_accuracy(
         model.to(memory_format=torch.channels_last)
     clean = robust = seen = 0
     total = len(loader) if isinstance(loader, Sized) else None
-    for index, batch in enumerate(progress_bar(loader, total=total, desc="evaluate", disable=not progress)):
+    batches = progress_bar(loader, total=total, desc="evaluate", disable=not progress)
+    for index, batch in enumerate(batches):
         x, y = _move(batch, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -161,7 +162,7 @@ def robust_accuracy(
             x, y = x[: max_examples - seen], y[: max_examples - seen]
         if index == 0:
             check_model(model, x, y)
-        with autocast(device, precision):
+        with autocast(device, precision), showing_attack_steps(batches):
             clean_batch, robust_batch = _attack_batch(model, x, y, attack=attack, generator=generator, mode=mode)
         clean += clean_batch
         robust += robust_batch

@@ -6,6 +6,10 @@ when it is reopened. ``bar`` draws instead, in an open notebook, one HTML line t
 (``IPython.display`` with a display id, at most a few times a second): the saved file holds plain HTML and
 no widget model. Elsewhere (terminal, papermill, nbval) it is tqdm's text bar.
 
+An evaluation's bar counts batches, and one batch of a strong attack can take a minute on a CPU. Inside
+``showing_attack_steps(bar)`` the attacks report each iteration (``attack_step``), and the bar shows which
+attack runs and at which step ("APGD-CE step 37/100"), redrawn at most twice a second.
+
 Example:
     >>> for x, y in bar(loader, total=len(loader), desc="epoch 1/3"):
     ...     ...
@@ -13,10 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import sys
 import time
-from typing import Any, Generic, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 from tqdm import tqdm as text_bar
 
@@ -34,7 +39,7 @@ class HtmlBar(Generic[T]):
 
     def __init__(self, iterable: Iterable[T], total: int | None, desc: str, *, leave: bool):
         self.iterable, self.total, self.desc, self.leave = iterable, total, desc, leave
-        self.n, self.postfix, self.handle = 0, "", None
+        self.n, self.postfix, self.stage, self.handle = 0, "", "", None
         self.start = self.drawn = time.perf_counter()
 
     def render(self) -> str:
@@ -48,6 +53,7 @@ class HtmlBar(Generic[T]):
         else:
             meter, eta = f"{self.n}", ""
         extra = f" — {html.escape(self.postfix)}" if self.postfix else ""
+        extra += f" — {html.escape(self.stage)}" if self.stage else ""
         return (f"<div class='cartl-progress'><b>{html.escape(self.desc)}</b> {meter}, "
                 f"{_clock(elapsed)} elapsed{eta}{extra}</div>")
 
@@ -72,6 +78,14 @@ class HtmlBar(Generic[T]):
             # leave=False: the line is emptied (the output stays, with nothing in it), as tqdm removes its bar
             self._draw(self.render() if self.leave else "")
 
+    def note(self, text: str) -> None:
+        """What the current item is doing (e.g. an attack's step), redrawn at most every ``REFRESH_SECONDS``."""
+        self.stage = text
+        now = time.perf_counter()
+        if self.handle is not None and now - self.drawn >= REFRESH_SECONDS:
+            self.drawn = now
+            self._draw(self.render())
+
     def set_postfix(self, values: Mapping[str, Any], refresh: bool = False) -> None:
         """Metrics shown after the bar (as tqdm's ``set_postfix``); drawn with the next update."""
         self.postfix = ", ".join(f"{name} {value}" for name, value in values.items())
@@ -91,9 +105,47 @@ def bar(iterable: Iterable[T], *, total: int | None = None, desc: str = "", disa
     return HtmlBar(iterable, total, desc, leave=leave)
 
 
+_LISTENERS: list[Callable[[str], None]] = []  # the innermost ``showing_attack_steps`` bar last
+
+
+def attack_step(name: str, step: int, steps: int) -> None:
+    """Called by the attacks at every iteration; shown by the innermost ``showing_attack_steps`` bar (else free)."""
+    if _LISTENERS:
+        _LISTENERS[-1](f"{name} step {step}/{steps}")
+
+
+def _listener(progress: Any) -> Callable[[str], None] | None:
+    """How ``progress`` shows an attack's step: ``HtmlBar.note``, tqdm's postfix (rate-limited), or not at all."""
+    if isinstance(progress, HtmlBar):
+        return progress.note
+    if isinstance(progress, text_bar) and not progress.disable:
+        drawn = [0.0]
+
+        def note(text: str) -> None:
+            now = time.perf_counter()
+            if now - drawn[0] >= REFRESH_SECONDS:
+                drawn[0] = now
+                progress.set_postfix_str(text, refresh=True)
+        return note
+    return None
+
+
+@contextlib.contextmanager
+def showing_attack_steps(progress: Any) -> Iterator[None]:
+    """While inside, the attacks' iterations show on ``progress`` (a ``bar``; a disabled one shows nothing)."""
+    listener = _listener(progress)
+    if listener is not None:
+        _LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        if listener is not None:
+            _LISTENERS.remove(listener)
+
+
 def write(message: str, **kwargs: Any) -> None:
     """Print a line without breaking a text bar that is being drawn."""
     text_bar.write(message, **kwargs)
 
 
-__all__ = ["HtmlBar", "bar", "write"]
+__all__ = ["HtmlBar", "attack_step", "bar", "showing_attack_steps", "write"]

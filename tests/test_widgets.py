@@ -151,6 +151,28 @@ def test_progress_in_jupyterlab_is_an_html_line_not_a_widget(monkeypatch):
     assert type(progress.bar(range(2))).__name__ == "tqdm", "headless or in a terminal: tqdm's text bar"
 
 
+def test_an_evaluation_bar_shows_each_attack_and_its_step(monkeypatch):
+    """One batch of the ensemble takes long: its bar names the attack running and its step, not only 0/1."""
+    import IPython.display
+    import torch
+    from cartl_kit import progress
+    from cartl_kit.ensemble import EnsembleConfig, ensemble_accuracy
+    monkeypatch.setenv(widgets.HEADLESS_ENV, "0")
+    monkeypatch.setattr(progress, "REFRESH_SECONDS", 0.0)
+    handles = _Handles()
+    monkeypatch.setattr(IPython.display, "display", handles.display)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    y = model(x).argmax(1)  # all correct clean: every attack runs
+    config = EnsembleConfig(guard_steps=3, guard_restarts=1, apgd_ce_steps=4, apgd_t_steps=2, n_targets=1)
+    ensemble_accuracy(model, [(x, y)], eps=0.001, config=config, device="cpu")  # too small to break all
+    drawn = " ".join(h.data for h in handles.shown + handles.updates)
+    assert "PGD step 3/3" in drawn and "APGD-CE step 4/4" in drawn and "APGD-T step 2/2" in drawn, drawn
+    assert not progress._LISTENERS, "the bar stops listening when the evaluation ends"
+    progress.attack_step("PGD", 1, 1)  # outside an evaluation: no bar, nothing drawn, no error
+
+
 def test_tradeoff_scatter_adds_percent_points(monkeypatch):
     monkeypatch.setenv(widgets.HEADLESS_ENV, "1")
     scatter = widgets.TradeoffScatter()
