@@ -28,12 +28,14 @@ def cmd_info(args) -> None:
     check_int("--classes", args.classes, low=1)
     spec = ARCHITECTURES[args.arch]
     from .transfer import k_table
-    rows = k_table(args.arch, k=args.k, in_channels=args.channels, size=args.size, num_classes=args.classes)
+    rows = k_table(args.arch, k=args.k, in_channels=args.channels, size=args.size, num_classes=args.classes,
+                   bn_case=args.bn_case)
     if args.json:
         print(json.dumps({"arch": args.arch, "L": spec.num_blocks, "rows": rows}, indent=2))
         return
     print(f"{args.arch}: L = {spec.num_blocks} blocks (3x{spec.units_per_group} residual units, final BN+LeakyReLU, fc); "
-          f"{args.channels}x{args.size}x{args.size} input, {args.classes} classes")
+          f"{args.channels}x{args.size}x{args.size} input, {args.classes} classes; trainable parameters in BatchNorm "
+          f"case {args.bn_case}")
     print(f"{'k':>3} {'fine-tuned':>11} {'FDM feature':>12} {'d':>8} {'trainable':>12}")
     for r in rows:
         print(f"{r['k']:>3} {r['fine_tuned_blocks']:>11} {r['fdm_feature']:>12} {r['d']:>8} {r['trainable_params']:>12,}")

@@ -67,6 +67,9 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3, help="input channels (quick preset: 1)")
     p.add_argument("--size", type=int, default=32, help="input height and width (quick preset: 28)")
     p.add_argument("--classes", type=int, default=10, help="classes of the head (quick preset: 5)")
+    p.add_argument("--bn-case", default="train-update", choices=[*BN_CASES, *BN_CASE_ALIASES],
+                   help="BatchNorm case of the trainable-parameter count (default train-update: BatchNorm "
+                        "affine parameters train, as in the reference's table; vanilla: they stay frozen)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=commands["info"])
 

@@ -192,11 +192,14 @@ def trainable_summary(model: nn.Module) -> dict:
     }
 
 
-def k_table(arch: str, *, k: int | None = None, in_channels: int = 3, size: int = 32, num_classes: int = 10) -> list[dict]:
+def k_table(arch: str, *, k: int | None = None, in_channels: int = 3, size: int = 32, num_classes: int = 10,
+            bn_case: str = "vanilla") -> list[dict]:
     """What fine-tuning the last k blocks means for ``arch``, one row per k (or only ``k``).
 
     Each row: ``k``, the fine-tuned blocks ``L-k+1..L``, the FDM feature shape (the input of block
-    L-k+1) and its size ``d``, and the student's trainable parameter count (BN case ``train-update``).
+    L-k+1) and its size ``d``, and the student's trainable parameter count in BatchNorm case ``bn_case``
+    (default the kit's vanilla case, frozen affine parameters: there k = 1 and k = 2 train the same
+    parameters, the head, since block L-1 is the final BatchNorm; in ``"train-update"`` it trains too).
     Built on the meta device: no memory, no weights.
 
     Example:
@@ -212,7 +215,7 @@ def k_table(arch: str, *, k: int | None = None, in_channels: int = 3, size: int 
     rows = []
     for depth in ([k] if k is not None else range(1, num_blocks + 1)):
         feature = model.forward_features(torch.empty(1, in_channels, size, size, device="meta"), upto=num_blocks - depth)
-        student = make_student(model, k=depth, num_classes=num_classes, bn_case="train-update")
+        student = make_student(model, k=depth, num_classes=num_classes, bn_case=bn_case)
         rows.append({"k": depth, "fine_tuned_blocks": f"{num_blocks - depth + 1}-{num_blocks}",
                      "fdm_feature": "x".join(map(str, feature.shape[1:])), "d": feature[0].numel(),
                      "trainable_params": trainable_summary(student)["trainable"]})

@@ -34,7 +34,10 @@ def test_info_reports_the_reference_table(cli):
     info = json.loads(result.stdout)
     assert info["L"] == 17
     assert info["rows"] == [{"k": 8, "fine_tuned_blocks": "10-17", "fdm_feature": "320x16x16", "d": 81920,
-                             "trainable_params": 37_089_930}]
+                             "trainable_params": 37_089_930}]  # the reference counts BN affine (train-update)
+    vanilla = json.loads(cli("info", "--arch", "wrn34_10", "-k", "8", "--json", "--bn-case", "vanilla").stdout)
+    assert 0 < info["rows"][0]["trainable_params"] - vanilla["rows"][0]["trainable_params"] < 37_089_930 / 1000, \
+        "vanilla freezes only the sub-model's BatchNorm affine parameters"
 
 
 def test_every_command_has_help(cli):

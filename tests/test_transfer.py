@@ -113,10 +113,13 @@ def test_bad_case_and_k_are_refused(tiny_model):
 
 def test_k_table_and_block_table_say_what_k_means():
     from cartl_kit.transfer import block_table, k_table
-    rows = k_table("wrn16_1", in_channels=1, size=28, num_classes=5)
+    rows = k_table("wrn16_1", in_channels=1, size=28, num_classes=5, bn_case="train-update")
     assert [r["k"] for r in rows] == list(range(1, 9))
     assert [r["fdm_feature"] for r in rows[:4]] == ["64", "64x7x7", "64x7x7", "32x14x14"]
     assert all(a["trainable_params"] < b["trainable_params"] for a, b in zip(rows, rows[1:]))
+    vanilla = [r["trainable_params"] for r in k_table("wrn16_1", in_channels=1, size=28, num_classes=5)]
+    assert vanilla[0] == vanilla[1] == 64 * 5 + 5, "vanilla (frozen BN affine): k = 2 adds only the final BN"
+    assert all(a < b for a, b in zip(vanilla[1:], vanilla[2:])) and vanilla[-1] < rows[-1]["trainable_params"]
     model = ck.create_model("wrn16_1", num_classes=5, in_channels=1)
     assert rows[-1]["trainable_params"] == sum(p.numel() for p in model.parameters()) - sum(
         p.numel() for p in model.stem.parameters())  # k = L: everything but the stem
