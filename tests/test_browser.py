@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 # The papermill tests' parameters (tests/test_notebooks.py): their runs are shared, so nothing trains twice.
 CASES = {
     "00_quickstart": dict(RUNS_DIR=str(SHARED_RUNS)),
+    "01_adversarial_training": dict(EPS=0.2, STEPS=3, EPOCHS=1, RUNS_DIR=str(SHARED_RUNS)),
     "04_neft": dict(BETA=1.0, BETAS=[1.0], RUNS_DIR=str(SHARED_RUNS)),
 }
 
@@ -73,6 +74,11 @@ def test_the_panel_runs_and_adds_to_the_figures(seen):
     assert result.slider is not None and result.button_seconds is not None, "04 has a slider and a Run button"
     assert result.traces_after > result.traces_before, \
         f"pressing Run drew no new trace ({result.traces_before} -> {result.traces_after})"
+    # what JupyterLab's status bar shows: busy while the panel's action runs, not "Idle" (allowing one poll
+    # that lands between the action's end and the button turning active again)
+    assert "busy" in result.kernel_while_pressed, result.kernel_while_pressed
+    assert not any(a == b == "idle" for a, b in zip(result.kernel_while_pressed, result.kernel_while_pressed[1:])), \
+        result.kernel_while_pressed
 
 
 @pytest.mark.parametrize("stem", list(CASES))
@@ -80,3 +86,5 @@ def test_a_saved_notebook_reopens_with_its_figures_and_no_widget_error(seen, ste
     result = seen[stem]
     assert result.widget_errors_after_reopen == 0, result.problems()
     assert result.figures_after_reopen > 0, "the saved notebook shows no figure when reopened"
+    # the last state of every live figure was saved (an intermittent blank live figure was seen in 01)
+    assert result.blank_figures_after_reopen == 0, result.problems()

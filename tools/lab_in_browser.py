@@ -31,6 +31,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 # A plotly figure's traces as drawn in the page (plotly keeps them on the figure's element).
 TRACES_JS = "() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => (e.data || []).length)"
+# Figures drawn with no point at all (no trace, or only empty traces): a live figure whose redraws were lost.
+BLANK_JS = ("() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(e => !(e.data || []).some("
+            "t => (t.x && t.x.length) || (t.y && t.y.length) || (t.z && t.z.length) || (t.values && t.values.length)"
+            ")).length")
 WIDGET_ERROR = "Error displaying widget"
 # JupyterLab settings for the check: no "Jupyter news" toast over the page; ipywidgets saves the state of the
 # widgets still open (a panel's controls) with the notebook, as the kit's own `make lab` does
@@ -87,6 +91,15 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def kernel_state(self, notebook: str) -> str | None:
+        """The execution state ("busy", "idle", ...) of the kernel of ``notebook``'s session, None without one."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions", timeout=10) as answer:
+            sessions = json.load(answer)
+        for session in sessions:
+            if session.get("path") == notebook and session.get("kernel"):
+                return session["kernel"].get("execution_state")
+        return None
+
     def saved(self, notebook: str) -> dict:
         """The notebook as saved on the server (nbformat JSON)."""
         with urllib.request.urlopen(f"{self.url}/api/contents/{notebook}?content=1&type=notebook") as answer:
@@ -107,8 +120,10 @@ class Seen:
     traces_after: int = 0                                    # ... after the slider and the button
     slider: str | None = None                                # the slider's readout after the move
     button_seconds: float | None = None
+    kernel_while_pressed: list[str] = field(default_factory=list)  # the server's kernel state, polled while greyed
     widget_errors_after_reopen: int = 0
     figures_after_reopen: int = 0
+    blank_figures_after_reopen: int = 0                      # figures with no point (see BLANK_JS)
     widget_models_saved: int = 0                             # widget models kept in the saved file
 
     def problems(self) -> list[str]:
@@ -119,6 +134,10 @@ class Seen:
         found += [f"console: {c}" for c in self.console]
         if self.widget_errors_after_reopen:
             found.append(f"{self.widget_errors_after_reopen} '{WIDGET_ERROR}' after reopening")
+        if self.blank_figures_after_reopen:
+            found.append(f"{self.blank_figures_after_reopen} figure(s) without a point after reopening")
+        if any(a == b == "idle" for a, b in zip(self.kernel_while_pressed, self.kernel_while_pressed[1:])):
+            found.append(f"the kernel said idle while the panel worked: {self.kernel_while_pressed}")
         return found
 
 
@@ -155,21 +174,22 @@ def _run_all(page, notebook: str, *, tries: int = 4) -> None:
 def _wait_until_done(page, lab: Lab, notebook: str, code_cells: int, timeout: float) -> None:
     """Until the saved file shows every code cell executed (or an error output, where Run All stops).
 
-    The page is only asked whether the kernel looks idle with no cell queued: cells scrolled out of view
-    are not drawn, so their prompts cannot be read off the screen.
+    Whether the kernel works is asked of the server (the session's ``execution_state``), not read off the
+    screen: cells scrolled out of view are not drawn, so their prompts say nothing. The notebook is saved and
+    read back only after the kernel has been idle for two polls in a row, so a long run is not saved over and
+    over.
     """
     start, calm = time.time(), 0
     while time.time() - start < timeout:
         page.wait_for_timeout(2000)
-        prompts = page.locator(f"{ACTIVE} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
-        idle = page.locator(f"{ACTIVE} .jp-Notebook-ExecutionIndicator[data-status='idle']").count()
-        calm = calm + 1 if idle and not any("*" in p for p in prompts) else 0
+        calm = calm + 1 if lab.kernel_state(notebook) == "idle" else 0
         if calm >= 2:
             _save(page)
             code = [c for c in lab.saved(notebook)["cells"] if c["cell_type"] == "code"]
             if all(c.get("execution_count") is not None for c in code) or \
                     any(o.get("output_type") == "error" for c in code for o in c.get("outputs", [])):
                 return
+            calm = 0
     raise TimeoutError(f"{notebook}: not all {code_cells} code cells had run after {timeout:.0f} s")
 
 
@@ -178,19 +198,20 @@ def _save(page) -> None:
     page.wait_for_timeout(1500)
 
 
-def _scan(page) -> tuple[int, int]:
-    """Scroll the notebook from top to bottom: (plotly figures, widget errors) seen, the most at any one place
-    (JupyterLab draws only the cells near the view)."""
-    figures = errors = 0
+def _scan(page) -> tuple[int, int, int]:
+    """Scroll the notebook from top to bottom: (plotly figures, widget errors, figures without a point) seen,
+    the most at any one place (JupyterLab draws only the cells near the view)."""
+    figures = errors = blank = 0
     scroller = page.locator(f"{ACTIVE} .jp-WindowedPanel-outer").first
     for _ in range(200):
         page.wait_for_timeout(700)
         figures = max(figures, page.locator(f"{ACTIVE} .js-plotly-plot").count())
         errors = max(errors, page.locator(f"{ACTIVE} .jp-OutputArea-output", has_text=WIDGET_ERROR).count())
+        blank = max(blank, page.evaluate(BLANK_JS))
         if scroller.evaluate("el => el.scrollTop + el.clientHeight >= el.scrollHeight - 2"):
             break
         scroller.evaluate("el => el.scrollBy(0, el.clientHeight * 0.8)")
-    return figures, errors
+    return figures, errors, blank
 
 
 def _traces(page) -> int:
@@ -227,6 +248,7 @@ def check_notebook(page, lab: Lab, notebook: str, *, timeout: float = 900, shots
         pressed = time.time()
         page.wait_for_timeout(1500)
         while not button.is_enabled() and time.time() - pressed < timeout:  # the panel greys it while working
+            seen.kernel_while_pressed.append(lab.kernel_state(notebook) or "none")  # the status bar's source
             page.wait_for_timeout(1000)
         seen.button_seconds = time.time() - pressed
         button.scroll_into_view_if_needed()
@@ -245,7 +267,7 @@ def check_notebook(page, lab: Lab, notebook: str, *, timeout: float = 900, shots
     page.goto("about:blank")
     _open(page, lab.url, notebook, "reopen")  # a fresh page: the saved file only, no live kernel state
     page.wait_for_timeout(3000)
-    seen.figures_after_reopen, seen.widget_errors_after_reopen = _scan(page)
+    seen.figures_after_reopen, seen.widget_errors_after_reopen, seen.blank_figures_after_reopen = _scan(page)
     if shots:
         page.screenshot(path=str(shots / f"{Path(notebook).stem}-reopened.png"), full_page=True)
     return seen
@@ -265,7 +287,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for notebook in args.notebooks:
-        shutil.copy(notebook, args.out / notebook.name)
+        if notebook.resolve() != (args.out / notebook.name).resolve():  # already there: run it in place
+            shutil.copy(notebook, args.out / notebook.name)
     with Lab(args.out) as lab, sync_playwright() as p:
         chromium = browser(p)
         for notebook in args.notebooks:
