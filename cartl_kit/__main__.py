@@ -214,12 +214,25 @@ def _check_sweep_flags(args) -> None:
         raise ValueError(f"--lam {' '.join(f'{lam:g}' for lam in args.lam)} describes FDM teachers; add --teacher fdm")
 
 
+def _print_commands(cells, args, *, shipped: bool = True) -> None:
+    from .grid import check_jobs, commands
+    check_jobs(args.jobs, args.devices)
+    if args.devices and len(args.devices) > 1:
+        raise ValueError("--print-commands writes one command per cell for one device (--devices D, or none): "
+                         "a scheduler gives each job its device")
+    print("\n".join(commands(cells, root=args.runs_dir, device=(args.devices or [args.device])[0], shipped=shipped)))
+
+
 def cmd_sweep(args) -> None:
-    from .experiments import sweep
+    from .experiments import sweep, sweep_cells
     _check_sweep_flags(args)
-    table = sweep(args.preset, root=args.runs_dir, device=args.device, ks=args.k, methods=args.method,
-                  betas=args.beta, teacher=args.teacher, lams=args.lam, bn_cases=args.bn_case, seed=args.seed,
-                  source=args.source, target=args.target, arch=args.arch, pgd=args.pgd)
+    grid = dict(ks=args.k, methods=args.method, betas=args.beta, teacher=args.teacher, lams=args.lam,
+                bn_cases=args.bn_case, seed=args.seed, source=args.source, target=args.target, arch=args.arch)
+    if args.print_commands:
+        _print_commands(sweep_cells(args.preset, pgd=args.pgd, **grid), args)
+        return
+    table = sweep(args.preset, root=args.runs_dir, device=args.device, pgd=args.pgd, jobs=args.jobs,
+                  devices=args.devices, **grid)
     if args.json:
         print(json.dumps(_records(table), indent=2))
     else:
@@ -228,6 +241,18 @@ def cmd_sweep(args) -> None:
         print(_percent_table(table, ["method", "teacher", "k", "lam", "beta", "bn_case", "clean_acc", "robust_acc",
                                      "pgd_acc"], headline=evaluation.short, pgd=evaluation.as_pgd().short))
         print(f"robust %: {evaluation.label}, ε = {evaluation.attack.eps:.4g}")
+
+
+def cmd_cell(args) -> None:
+    from .grid import parse_cell, run_cell
+    cell = parse_cell(args.config, args.evaluation)
+    result = run_cell(cell, root=args.runs_dir, device=args.device, shipped=not args.no_shipped)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(result["run"])
+    for result_ in result["evaluations"].values():
+        print(_robust_line(result_))
 
 
 def cmd_reproduce(args) -> None:
@@ -243,9 +268,14 @@ def cmd_reproduce(args) -> None:
     if args.seeds is not None:
         plan = replace(plan, seeds=tuple(args.seeds))
     root = runs_root(args.runs_dir) / FROM_SCRATCH_DIR if args.from_scratch else args.runs_dir
+    if args.print_commands:
+        from .reproduce import reproduce_cells
+        args.runs_dir = root
+        _print_commands(reproduce_cells(plan), args, shipped=not args.from_scratch)
+        return
     command = "python -m cartl_kit " + " ".join(args.argv)
     result = reproduce(plan, root=root, device=args.device, shipped=not args.from_scratch, report=args.report,
-                       command=command, gpu_rates=rates)
+                       command=command, gpu_rates=rates, jobs=args.jobs, devices=args.devices)
     if args.json:
         print(json.dumps({"claims": [c.__dict__ for c in result.claims], "summary": _records(result.summary),
                           "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1),
@@ -278,6 +308,8 @@ def _check_flags(args) -> None:
     for seed in getattr(args, "seeds", None) or []:
         check_seed(seed, name="--seeds")
     check_device(getattr(args, "device", None), name="--device")
+    for device in getattr(args, "devices", None) or []:
+        check_device(device, name="--devices")
     for flag in ("runs_dir", "out"):
         if getattr(args, flag, None) is not None:
             check_runs_dir(getattr(args, flag), name="--" + flag.replace("_", "-"))
@@ -288,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     from .cli_parser import build_parser
     return build_parser({"demo": cmd_demo, "info": cmd_info, "datasets": cmd_datasets, "source": cmd_source,
                          "transfer": cmd_transfer, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
-                         "reproduce": cmd_reproduce, "pretrain": cmd_pretrain, "copy": cmd_copy, "runs": cmd_runs})
+                         "reproduce": cmd_reproduce, "cell": cmd_cell, "pretrain": cmd_pretrain, "copy": cmd_copy, "runs": cmd_runs})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,7 +195,7 @@ def pgd_linf_any(
     for step in range(steps + 1):
         if len(index) == 0:
             break
-        attack_step("PGD", step, steps)
+        attack_step("PGD", min(step + 1, steps), steps)
         x_adv.requires_grad_(True)
         logits = model(x_adv)
         wrong = logits.argmax(1) != y_active

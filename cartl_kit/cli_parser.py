@@ -53,6 +53,16 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
             p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    def parallel(p):
+        p.add_argument("--jobs", type=int, default=1,
+                       help="run the cells as this many parallel processes (teachers first; default 1: in this process)")
+        p.add_argument("--devices", nargs="+", default=None,
+                       help="with --jobs: devices the jobs take in turn, e.g. cuda:0 cuda:1 (default: the kit's; on "
+                            "the CPU each job gets cores/jobs threads unless OMP_NUM_THREADS is set)")
+        p.add_argument("--print-commands", action="store_true",
+                       help="print one self-contained `python -m cartl_kit cell ...` command per cell (teachers first) "
+                            "for a job array or GNU parallel, and run nothing")
+
     p = sub.add_parser("demo", help="the main job: AT and FDM teachers; vanilla, NEFT and CARTL transfer; "
                                     "table and HTML report")
     p.add_argument("--from-scratch", action="store_true",
@@ -127,6 +137,7 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--target", type=dataset_name, default=None, help="target dataset (default: the preset's), e.g. svhn")
     p.add_argument("--arch", default=None, choices=list(ARCHITECTURES), help="architecture (default: the preset's)")
     p.add_argument("--pgd", action="store_true", help="also show robust accuracy under the paper's PGD-k beside the headline")
+    parallel(p)
     common(p)
     p.set_defaults(func=commands["sweep"])
 
@@ -144,7 +155,18 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    parallel(p)
     p.set_defaults(func=commands["reproduce"])
+
+    p = sub.add_parser("cell", help="run (or load) one run from its JSON config and record its evaluations: the "
+                                    "job that sweep/reproduce --print-commands prints and --jobs starts")
+    p.add_argument("--config", required=True, help="the run's config as JSON (a run folder's config.json)")
+    p.add_argument("--evaluation", action="append", default=[], help="an evaluation config as JSON (repeatable)")
+    p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--no-shipped", action="store_true", help="ignore the teachers shipped with the kit")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=commands["cell"])
 
     p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes cartl_kit/shipped_runs)")
     p.add_argument("--out", default=None, help="folder to write them to (default: the kit's cartl_kit/shipped_runs)")

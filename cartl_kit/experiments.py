@@ -4,7 +4,8 @@
   fine-tuning and NEFT from the AT teacher and CARTL (FDM teacher + NEFT) at the preset's k, each
   evaluated clean and under PGD; returns the table and writes an HTML report. It uses the shipped
   teachers of the preset when they exist; ``from_scratch=True`` trains everything.
-- ``sweep(preset, ks=, methods=, betas=, lams=, bn_cases=)`` — a grid of transfers, skipping finished runs.
+- ``sweep(preset, ks=, methods=, betas=, lams=, bn_cases=)`` — a grid of transfers, skipping finished runs
+  (``jobs=N``: as parallel processes; ``sweep_cells``: its jobs, for ``grid.commands``).
 - ``pretrain(preset)`` — trains and evaluates the teachers that ship in ``cartl_kit/shipped_runs`` (``SHIPPED_TEACHERS``).
 
 All three return pandas DataFrames (one row per run) and leave every model in a run folder.
@@ -229,20 +230,36 @@ def _grid_axis(name: str, values) -> list:
     return values
 
 
+def sweep_cells(preset: str | Preset = "quick", *, pgd: bool = False, **grid) -> list:
+    """The jobs of a sweep (``grid.Cell``): each transfer of the grid with the preset's evaluation (and, with
+    ``pgd``, the paper's PGD-k), for ``grid.run_parallel`` or ``grid.commands``."""
+    from .grid import Cell
+    preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    evaluations = (preset_.evaluation, preset_.evaluation.as_pgd()) if pgd and preset_.evaluation.method != "pgd" \
+        else (preset_.evaluation,)
+    return [Cell(config, evaluations) for config in sweep_configs(preset_, **grid)]
+
+
 def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: bool = True,
-          log: Callable[[str], None] | None = say, pgd: bool = False, **grid) -> "object":
+          log: Callable[[str], None] | None = say, pgd: bool = False, jobs: int = 1,
+          devices: list[str] | None = None, **grid) -> "object":
     """Run (or load) and evaluate every transfer of a grid (see ``sweep_configs``); a DataFrame of results.
 
     ``robust_acc`` is under the preset's headline evaluation (named in ``attack``); ``pgd=True`` adds
-    ``pgd_acc`` under the paper's PGD-k.
+    ``pgd_acc`` under the paper's PGD-k. ``jobs`` > 1 trains and evaluates the cells as that many parallel
+    processes first (``grid.run_parallel``, on ``devices`` in turn), then loads them into the table.
 
     Example:
-        >>> table = sweep("quick", ks=[1, 2, 3, 4], methods=["tl", "neft"])
+        >>> table = sweep("quick", ks=[1, 2, 3, 4], methods=["tl", "neft"], jobs=2)
     """
     import pandas as pd
+    from .grid import check_jobs, run_parallel
     preset_ = get_preset(preset) if isinstance(preset, str) else preset
     configs = sweep_configs(preset_, **grid)
+    check_jobs(jobs, devices)
     log = log or (lambda message: None)
+    if jobs > 1:
+        run_parallel(sweep_cells(preset_, pgd=pgd, **grid), jobs=jobs, devices=devices, root=root, log=log)
     rows = []
     for index, config in enumerate(configs, 1):
         found = find_run(config, root)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .claims import Claim, Stat, at_chance, claims, judge
 from .config import get_preset
+from .grid import Cell as GridCell, check_jobs, run_parallel
 from .params import check_report_path
 from .plan import BN_CASES_2X2, BN_LABELS, PLANS, TABLES, Cell, Plan, cells, get_plan
 from .recipes import RECIPES, SPLIT_SIZES, measured_gpu_rates, recipe_flops, recipes_markdown
@@ -58,14 +59,16 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
               device: str | torch.device | None = None, progress: bool | None = None,
               report: str | None = "reports/reproduction-{preset}.md", shipped: bool = True,
               log: Callable[[str], None] | None = None, command: str | None = None,
-              gpu_rates: dict[str, tuple[float, str]] | None = None) -> Reproduction:
+              gpu_rates: dict[str, tuple[float, str]] | None = None, jobs: int = 1,
+              devices: list[str] | None = None) -> Reproduction:
     """Run (or load) every cell of every table for every seed, then summarise, judge the claims, report.
 
     Finished runs are loaded, never retrained; ``shipped=False`` ignores the teachers shipped with the kit
     (a cold start trains them too). ``progress`` (default ``widgets.watched()``) draws training bars in a
     terminal or an open notebook, not under papermill or nbval. Returns a ``Reproduction``; writes the
     Markdown report unless ``report`` is None; its full-scale recipes give GPU-hours for the architectures
-    that ``gpu_rates`` (``measured_gpu_rates(path)``) holds.
+    that ``gpu_rates`` (``measured_gpu_rates(path)``) holds. ``jobs`` > 1 runs the cells as that many parallel
+    processes first (``grid.run_parallel``, teachers first, on ``devices`` in turn), then loads them.
 
     Example:
         >>> result = reproduce("quick")
@@ -79,10 +82,13 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     plan = get_plan(plan) if isinstance(plan, str) else plan
     preset = get_preset(plan.preset)
     path = None if report is None else check_report_path(report, preset=plan.preset)  # before anything trains
+    check_jobs(jobs, devices)
     log = log or say
     started = time.perf_counter()
     todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
     unique = list(dict.fromkeys(cell.config for _, cell in todo))  # cells shared between tables run once
+    if jobs > 1:
+        run_parallel(reproduce_cells(plan), jobs=jobs, devices=devices, root=root, shipped=shipped, log=log)
     rows, done = [], {}
     trained = loaded = 0
     teachers = {config.teacher: find_run(config.teacher, root, shipped=shipped) is None for config in unique}
@@ -107,6 +113,15 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     return result
 
 
+def reproduce_cells(plan: str | Plan = "quick") -> list[GridCell]:
+    """The jobs of a reproduction (``grid.Cell``): every run of every table and seed once, with the preset's
+    evaluation, for ``grid.run_parallel`` or ``grid.commands``."""
+    plan = get_plan(plan) if isinstance(plan, str) else plan
+    evaluation = get_preset(plan.preset).evaluation
+    configs = dict.fromkeys(cell.config for seed in plan.seeds for cell in cells(plan, seed))
+    return [GridCell(config, (evaluation,)) for config in configs]
+
+
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over seeds, n-1 in the denominator; 0 for one seed) of every cell."""
     grouped = rows.groupby(["table", "row", "column"], sort=False)
@@ -118,5 +133,5 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
 __all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "Claim", "PAPER", "PLANS", "Plan", "RECIPES", "Reproduction",
            "SPLIT_SIZES", "Stat", "TABLES", "TITLES", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
-           "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "summarise",
+           "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "summarise",
            "write_markdown"]
