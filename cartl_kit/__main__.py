@@ -275,15 +275,18 @@ def cmd_reproduce(args) -> None:
         return
     command = "python -m cartl_kit " + " ".join(args.argv)
     result = reproduce(plan, root=root, device=args.device, shipped=not args.from_scratch, report=args.report,
-                       command=command, gpu_rates=rates, jobs=args.jobs, devices=args.devices)
+                       command=command, gpu_rates=rates, jobs=args.jobs, devices=args.devices,
+                       train=not args.report_only)
     if args.json:
         print(json.dumps({"claims": [c.__dict__ for c in result.claims], "summary": _records(result.summary),
                           "report": str(result.report) if result.report else None, "seconds": round(result.seconds, 1),
                           "trained": result.trained, "loaded": result.loaded,
-                          "teachers_trained": result.teachers_trained}, indent=2))
+                          "teachers_trained": result.teachers_trained, "missing": result.missing}, indent=2))
         return
     for index, claim in enumerate(result.claims, 1):
         print(f"{index:2}. [{claim.verdict}] {claim.claim}")
+    if result.missing:
+        print(f"\nmissing from the runs store (or not evaluated), left out of the report: {len(result.missing)} runs")
     print(f"\n{result.trained} transfers trained, {result.loaded} loaded; {result.teachers_trained} of "
           f"{result.teachers} teachers trained; {result.seconds / 60:.1f} min")
     if result.report:

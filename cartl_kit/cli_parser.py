@@ -150,6 +150,9 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
                    help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
     p.add_argument("--report", default="reports/reproduction-{preset}.md", help="Markdown report (default %(default)s)")
     p.add_argument("--recipes", action="store_true", help="only print the full-scale sweep commands and their compute")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: render the report from what the runs store holds and list the "
+                        "missing runs (e.g. while the jobs of --print-commands are still running)")
     p.add_argument("--gpu-benchmark", default="bench/results/at_step.json",
                    help="bench/at_step.py's result file, for GPU-hours in the recipes (default %(default)s; ignored when missing)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")

@@ -121,6 +121,10 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
              "seeds' spread combined (√(s₁² + s₂²)). **holds**: every comparison clear; **holds partly**: at least "
              "half agree; **does not hold here**: fewer. With few seeds the spread is a rough noise estimate.", ""]
     lines += [f"{i}. {claim.sentence()}" for i, claim in enumerate(result.claims, 1)]
+    if result.missing:
+        lines += ["", f"**Incomplete:** rendered from the runs store without training; {len(result.missing)} "
+                  "run(s) are missing or not evaluated, so their cells are empty and the claims that need them are "
+                  "judged on the rest or \"not measured\": " + ", ".join(f"`{m}`" for m in result.missing) + "."]
     from .data import load_dataset
     chance = at_chance(result.summary, load_dataset(preset.target_dataset, split="test").num_classes)
     if len(chance):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .claims import Claim, Stat, at_chance, claims, judge
-from .config import get_preset
+from .config import config_hash, get_preset
 from .grid import Cell as GridCell, check_jobs, run_parallel
 from .params import check_report_path
 from .plan import BN_CASES_2X2, BN_LABELS, PLANS, TABLES, Cell, Plan, cells, get_plan
@@ -53,6 +53,7 @@ class Reproduction:
     report: Path | None = None
     command: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # runs not in the store, or not evaluated (``train=False``)
 
 
 def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None = None,
@@ -60,7 +61,7 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
               report: str | None = "reports/reproduction-{preset}.md", shipped: bool = True,
               log: Callable[[str], None] | None = None, command: str | None = None,
               gpu_rates: dict[str, tuple[float, str]] | None = None, jobs: int = 1,
-              devices: list[str] | None = None) -> Reproduction:
+              devices: list[str] | None = None, train: bool = True) -> Reproduction:
     """Run (or load) every cell of every table for every seed, then summarise, judge the claims, report.
 
     Finished runs are loaded, never retrained; ``shipped=False`` ignores the teachers shipped with the kit
@@ -69,6 +70,8 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     Markdown report unless ``report`` is None; its full-scale recipes give GPU-hours for the architectures
     that ``gpu_rates`` (``measured_gpu_rates(path)``) holds. ``jobs`` > 1 runs the cells as that many parallel
     processes first (``grid.run_parallel``, teachers first, on ``devices`` in turn), then loads them.
+    ``train=False`` trains and evaluates nothing: the report is rendered from what the store holds, and the
+    runs it lacks (or that lack the evaluation) are listed in ``missing`` and in the report.
 
     Example:
         >>> result = reproduce("quick")
@@ -87,30 +90,42 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     started = time.perf_counter()
     todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
     unique = list(dict.fromkeys(cell.config for _, cell in todo))  # cells shared between tables run once
-    if jobs > 1:
+    if jobs > 1 and train:
         run_parallel(reproduce_cells(plan), jobs=jobs, devices=devices, root=root, shipped=shipped, log=log)
+    missing = [] if train else [config for config in unique if not _evaluated(config, preset.evaluation, root, shipped)]
     rows, done = [], {}
     trained = loaded = 0
     teachers = {config.teacher: find_run(config.teacher, root, shipped=shipped) is None for config in unique}
     for index, config in enumerate(unique, 1):
+        if config in missing:
+            continue
         found = find_run(config, root, shipped=shipped) is not None
         log(f"[{index}/{len(unique)}] seed {config.seed}: {config.slug}: {'found' if found else 'training'}")
         done[config] = run_row(config, preset.evaluation, root=root, device=device, progress=progress, shipped=shipped)
         trained, loaded = trained + (not found), loaded + found
     for seed, cell in todo:
+        if cell.config not in done:
+            continue
         row = done[cell.config]
         rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed, "run": row["run"],
                      "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "n": row["n"]})
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "run", "clean_acc", "robust_acc", "n"])
     summary = summarise(frame)
     result = Reproduction(plan=plan, rows=frame, summary=summary, claims=claims(summary, plan),
                           seconds=time.perf_counter() - started, trained=trained, loaded=loaded,
-                          teachers_trained=sum(teachers.values()), teachers=len(teachers),
+                          teachers_trained=sum(teachers.values()) if train else 0, teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
-                          machine=machine())
+                          machine=machine(), missing=[f"{c.slug}-{config_hash(c)}" for c in missing])
     if path is not None:
         result.report = write_markdown(result, path, gpu_rates=gpu_rates)
     return result
+
+
+def _evaluated(config, evaluation, root, shipped: bool) -> bool:
+    """Whether the store holds ``config``'s finished run with ``evaluation`` recorded."""
+    from .store import find_run, read_metrics
+    path = find_run(config, root, shipped=shipped)
+    return path is not None and evaluation.name in read_metrics(path)
 
 
 def reproduce_cells(plan: str | Plan = "quick") -> list[GridCell]:

@@ -97,6 +97,12 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     report = tmp_path / "reproduction.md"
     args = [sys.executable, "-m", "cartl_kit", "reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"),
             "--report", str(report)]
+    empty = subprocess.run(args + ["--report-only"], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 0, empty.stderr[-3000:]
+    missing = len(rp.reproduce_cells("smoke"))
+    assert f"left out of the report: {missing} runs" in empty.stdout and "0 of 10 teachers trained" in empty.stdout
+    assert f"**Incomplete:** rendered from the runs store without training; {missing} run(s)" in report.read_text()
+    assert not any((tmp_path / "runs").glob("*/model.pt")), "--report-only trains nothing"
     first = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "transfers trained, 0 loaded; 10 of 10 teachers trained" in first.stdout
@@ -109,6 +115,9 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     assert "python -m cartl_kit sweep --preset paper" in text
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and re.search(r"^0 transfers trained, \d+ loaded; 0 of 10", second.stdout, flags=re.M)  # reuses all
+    rendered = subprocess.run(args + ["--report-only"], capture_output=True, text=True, timeout=300)
+    assert rendered.returncode == 0 and "left out" not in rendered.stdout and "Incomplete" not in report.read_text()
+    assert re.findall(r"^\d+\. .*$", report.read_text(), flags=re.M) == re.findall(r"^\d+\. .*$", text, flags=re.M)
 
 
 def test_reproduce_refuses_a_wrong_preset_in_one_line(tmp_path):
