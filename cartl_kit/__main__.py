@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -329,8 +330,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for reports
+    from .distributed import from_env, leave
     try:
         _check_flags(args)
+        world = from_env(getattr(args, "device", None))  # under torchrun: join its process group (DDP)
+        if world is not None and not world.main:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints the results
         args.func(args)
     except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt
         print(f"error: {error}", file=sys.stderr)
@@ -338,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # DatasetNotAvailable
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        leave()
     return 0
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
+from . import distributed
 from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
 from .evaluate import robust_accuracy
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
@@ -102,10 +103,11 @@ def plain_model(config: Config, *, num_classes: int, in_channels: int) -> WideRe
 
 # --- training -----------------------------------------------------------------------------------
 
-def _step_for(config: Config, teacher: WideResNet | None, *, generator: torch.Generator) -> StepFn:
+def _step_for(config: Config, teacher: WideResNet | None, *, generator: torch.Generator, world_size: int = 1) -> StepFn:
     if isinstance(config, SourceConfig):
-        if config.method == "fdm":
-            return fdm_step(k=_given(config.k, "k (method 'fdm')"), lam=_given(config.lam, "lam (method 'fdm')"),
+        if config.method == "fdm":  # its term sums over the batch: under DDP, each rank's shard counts world_size times
+            return fdm_step(k=_given(config.k, "k (method 'fdm')"),
+                            lam=_given(config.lam, "lam (method 'fdm')") * world_size,
                             attack=config.attack, generator=generator)
         return adversarial_step(attack=config.attack, generator=generator)
     if config.method == "lwf":
@@ -133,9 +135,14 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     trains its last k blocks on features computed once, unless ``cache_features=False``.
     """
     path = run_path(config, root)
-    remove_temporaries(path)  # left by a process killed while writing
+    world = distributed.current()
+    main = world is None or world.main  # only rank 0 writes the run folder
+    if main:
+        remove_temporaries(path)  # left by a process killed while writing
     train_data = _data(config.dataset, "train")
     weights_rng, attack_rng = _generators(config.seed, device)  # model init, NEFT's start; PGD's random starts
+    if world is not None and world.rank:  # random starts differ between ranks: seed + rank
+        attack_rng = torch.Generator(device=device).manual_seed(config.seed + world.rank)
     if isinstance(config, SourceConfig):
         model = build_source_model(config, train_data, generator=weights_rng)
     else:
@@ -151,7 +158,7 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     if (path / CHECKPOINT_FILE).exists():
         if (path / "config.json").exists():
             read_config(path)  # a swapped config.json is refused, not trained on
-        else:
+        elif main:
             write_json(path / "config.json", to_dict(config))
         state = load_tensors(path / CHECKPOINT_FILE)
         model.load_state_dict(state["model"])
@@ -161,11 +168,14 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
         if attack_rng is not weights_rng and "attack_rng" in state:
             attack_rng.set_state(state["attack_rng"])
         history, start = state["history"], state["epoch"] + 1
-    else:
+    elif main:
         write_json(path / "config.json", to_dict(config))
 
     def save_epoch(record: dict) -> None:
+        record = distributed.reduce_record(record)  # the metrics of the global batch (mean over ranks)
         history.append(record)
+        if not main:
+            return
         rng = {"rng": weights_rng.get_state()}
         if attack_rng is not weights_rng:
             rng["attack_rng"] = attack_rng.get_state()
@@ -183,16 +193,24 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
             if channels_last and features.dim() == 4:  # batches indexed from it stay channels-last
                 features = features.contiguous(memory_format=torch.channels_last)
             trained, batches = TunedTail(model, k=config.k), CachedFeatures(loader, features)
+    step = _step_for(config, teacher, generator=attack_rng, world_size=world.world_size if world else 1)
+    env = environment(device)
+    if world is not None:  # DDP (see cartl_kit.distributed): shards of one global batch, losses weighted
+        if isinstance(config, SourceConfig) and config.method == "fdm":
+            distributed.check_shards(len(train_data), optim.batch_size, world.world_size)
+        trained, batches = distributed.wrap(trained, device), distributed.ShardedBatches(batches, world)
+        step = distributed.scaled_step(step, batches)
+        env.update(world_size=world.world_size, per_rank_batch=optim.batch_size / world.world_size)
     if start <= optim.epochs:
-        fit(trained, batches, _step_for(config, teacher, generator=attack_rng), optim, device=device,
-            callback=save_epoch, progress=progress, start_epoch=start, optimizer=optimizer,
-            channels_last=channels_last)
+        fit(trained, batches, step, optim, device=device, callback=save_epoch, progress=progress and main,
+            start_epoch=start, optimizer=optimizer, channels_last=channels_last)
     model.to(memory_format=torch.contiguous_format)
     remove_neft(model)
-    write_json(path / "history.json", history)
-    write_json(path / "env.json", environment(device))
-    save_tensors(path / MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
-    (path / CHECKPOINT_FILE).unlink(missing_ok=True)
+    if main:
+        write_json(path / "history.json", history)
+        write_json(path / "env.json", env)
+        save_tensors(path / MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
+        (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
 
 
@@ -213,6 +231,9 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
         >>> teacher = run(get_preset("quick").source("at"))
     """
     device = torch.device(device) if device is not None else default_device()
+    world = distributed.current()
+    if world is not None:
+        device = world.device(device)  # CUDA: this rank's GPU
     path = find_run(config, root, shipped=shipped)
     if path is None:
         check_root(root)
@@ -223,13 +244,15 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
                                f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
             teacher = run(config.teacher, root=root, device=device, progress=progress, shipped=shipped).model
         path = run_path(config, root)
-        with locked(path):
-            if not is_finished(path):  # else another process finished it while this one waited for the lock
+        with distributed.main_holds(lambda: locked(path)):  # under DDP: rank 0 holds the lock, every rank trains
+            # else another process finished it while this one waited for the lock
+            if not distributed.agree(is_finished(path)):
                 try:
                     _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher,
                            cache_features=cache_features, channels_last=channels_last)
                 except BaseException:
-                    discard_unstarted(path)
+                    if world is None or world.main:
+                        discard_unstarted(path)
                     raise
     return load_run(path)
 
@@ -274,6 +297,12 @@ def evaluate_run(finished: Run, evaluation: EvalConfig, *, device=None, progress
     """
     if cached and evaluation.name in finished.metrics:
         return finished.metrics[evaluation.name]
+    if distributed.current() is not None:  # under DDP: rank 0 evaluates (and records), the others get its result
+        return distributed.on_main(lambda: _evaluate_alone(finished, evaluation, device, progress, save))
+    return _evaluate_alone(finished, evaluation, device, progress, save)
+
+
+def _evaluate_alone(finished: Run, evaluation: EvalConfig, device, progress: bool, save: bool | None) -> dict:
     device = torch.device(device) if device is not None else default_device()
     test = _data(finished.config.dataset, "test")
     if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class

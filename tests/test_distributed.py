@@ -1,0 +1,165 @@
+"""DDP on the CPU (gloo, world size 2, one spawn for every case): a run on two processes equals one process.
+
+Without BatchNorm, DDP over 2 shards of B/2 equals a single process on the global batch B. With BatchNorm each
+shard normalises with its own statistics, so the reference is a single-process "ghost batch" step: each shard's
+forward separately from the same state, its loss weighted by its share of the batch, the gradients summed, and
+only shard 0's running-statistics update kept (DDP keeps rank 0's buffers). Attacks are deterministic here (no
+random start), so both sides craft the same examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+pytestmark = pytest.mark.slow
+WORLD = 2
+TOL = 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loader(n: int = 20, batch: int = 8, channels: int = 1, size: int = 8, classes: int = 4):
+    """Re-iterable fixed batches (the last one smaller), the same on every rank."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, channels, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def _ghost_fit(model, batches, step, optim, world: int):
+    """``train.fit`` on one process, each global batch as ``world`` ghost shards (see the module docstring)."""
+    from cartl_kit.distributed import bounds
+    from cartl_kit.train import lr_at
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=optim.base_lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    for epoch in range(1, optim.epochs + 1):
+        model.train()
+        for index, (x, y) in enumerate(batches):
+            lr = lr_at(epoch, index, batches_per_epoch=len(batches), epochs=optim.epochs, base_lr=optim.base_lr,
+                       warmup_epochs=optim.warmup_epochs, milestones=optim.milestones, gamma=optim.gamma)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            start = {name: b.clone() for name, b in model.named_buffers()}
+            opt.zero_grad(set_to_none=True)
+            kept = None
+            for rank in range(world):
+                model.load_state_dict({**model.state_dict(), **start}, strict=True)
+                lo, hi = bounds(len(x), rank, world)
+                loss, _ = step(model, x[lo:hi], y[lo:hi])
+                (loss * (hi - lo) / len(x)).backward()
+                if rank == 0:
+                    kept = {name: b.clone() for name, b in model.named_buffers()}
+            model.load_state_dict({**model.state_dict(), **kept}, strict=True)
+            opt.step()
+    return model
+
+
+def _cases():
+    """name -> (model builder, step builder(world_size), loader, fdm?)."""
+    from cartl_kit import AttackConfig, adversarial_step, create_model, fdm_step, make_student, natural_step
+    from cartl_kit.neft import apply_neft
+    attack = AttackConfig(eps=0.1, step_size=0.05, steps=2, random_start=False)
+
+    def mlp():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def wrn():
+        torch.manual_seed(1)
+        return create_model("wrn16_1", num_classes=4, in_channels=1)
+
+    def student(neft: bool):
+        def build():
+            teacher = wrn()
+            model = make_student(teacher, k=2 if not neft else 3, num_classes=4, half_residual=neft)
+            if neft:
+                apply_neft(model, k=3, beta=0.6, generator=torch.Generator().manual_seed(2))
+            return model
+        return build
+
+    return {
+        "natural, no BatchNorm": (mlp, lambda w: natural_step, _loader(20), False),
+        "natural, BatchNorm": (wrn, lambda w: natural_step, _loader(20), False),
+        "PGD-AT": (wrn, lambda w: adversarial_step(attack=attack), _loader(20), False),
+        "FDM": (wrn, lambda w: fdm_step(k=3, lam=0.01 * w, attack=attack), _loader(16), True),
+        "frozen-prefix transfer": (student(False), lambda w: natural_step, _loader(20), False),
+        "NEFT transfer": (student(True), lambda w: natural_step, _loader(20), False),
+    }
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from cartl_kit import distributed
+    from cartl_kit.config import OptimConfig
+    from cartl_kit.train import fit
+    world = distributed.from_env("cpu")
+    optim = OptimConfig(epochs=2, base_lr=0.05, warmup_epochs=0, milestones=())
+    found = {}
+    for name, (build, step_for, batches, _) in _cases().items():
+        model = build()
+        sharded = distributed.ShardedBatches(batches, world)
+        fit(distributed.wrap(model, torch.device("cpu")), sharded,
+            distributed.scaled_step(step_for(WORLD), sharded), optim, device="cpu", progress=False)
+        # the reference weights each shard's whole loss by its share, so it also needs FDM's summed term at λ·world
+        reference = _ghost_fit(build(), batches, step_for(WORLD), optim, WORLD)
+        diff = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(),
+                                                                reference.state_dict().values()) if a.is_floating_point())
+        found[name] = diff
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(found, f)
+    distributed.leave()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "found.json"
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_ddp_equals_one_process_on_the_same_global_batch(ddp_results, name):
+    assert ddp_results[name] < TOL, f"{name}: largest weight difference {ddp_results[name]:.2e}"
+
+
+def test_shards_cover_the_batch_without_padding():
+    from cartl_kit.distributed import bounds, check_shards
+    for n in (1, 7, 8, 64):
+        parts = [bounds(n, r, 3) for r in range(3)]
+        assert parts[0][0] == 0 and parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    check_shards(2500, 64, 2)  # 39 batches of 64 and one of 4: all split in two
+    with pytest.raises(ValueError, match=r"world size in \[1, 2, 4\]"):
+        check_shards(2500, 64, 3)
+
+
+def test_torchrun_trains_one_run_in_the_single_process_folder_and_rank_0_writes(tmp_path):
+    """`torchrun --nproc-per-node 2 -m cartl_kit source`: the same config hash as one process, one printed line,
+    the per-rank batch in env.json, nothing else in the folder."""
+    import subprocess
+    import sys
+
+    from cartl_kit.config import get_preset
+    from cartl_kit.store import run_path
+    config = get_preset("smoke").source("at", seed=0)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cartl_kit",
+                           "source", "--preset", "smoke", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run_path(config, tmp_path)
+    assert done.stdout.strip() == str(folder), "rank 0 prints, once"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "env.json", "history.json", "model.pt"]
+    env = json.loads((folder / "env.json").read_text())
+    assert env["world_size"] == 2 and env["per_rank_batch"] == config.optim.batch_size / 2
