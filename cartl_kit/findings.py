@@ -231,10 +231,12 @@ def same_order(table, first: str, second: str, *, first_name: str | None = None,
 
 
 def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "robust_acc",
-                  label: str = "label", name: str | None = None) -> str:
+                  label: str = "label", name: str | None = None, chance: float | None = None,
+                  margin: float = 0.05) -> str:
     """The paper's claim "``better`` > ``worse`` in ``column``" beside the measured numbers, with the
     difference's noise: a claim that holds only by less than two rough standard errors
-    is said to show "within noise", not to hold.
+    is said to show "within noise", not to hold. With ``chance`` (1 / classes), a row whose clean accuracy
+    is within ``margin`` of it is a run that learned nothing: the claim is then not judged on it.
 
     Example:
         >>> claim_checked("CARTL is more robust than vanilla transfer", table, "CARTL", "vanilla")
@@ -243,6 +245,12 @@ def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "
     """
     rows = {r[label]: r for r in _records(table)}
     a, b = rows[better], rows[worse]
+    failed = [key for key, row in ((better, a), (worse, b))
+              if chance is not None and row["clean_acc"] <= chance + margin]
+    if failed:
+        return (f"Paper: {claim}. Not judged here: " + " and ".join(
+            f"{key} is at chance ({_pct(rows[key]['clean_acc'])} clean, chance {_pct(chance)})" for key in failed)
+            + ": a run that learned nothing is a failed experiment, not evidence either way.")
     n = _n(a) if _n(a) == _n(b) else None
     noise = _noise(a[column], b[column], n)
     diff = a[column] - b[column]

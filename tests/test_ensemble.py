@@ -164,3 +164,13 @@ def test_findings_say_only_what_the_numbers_show():
         "CARTL beats NEFT", sampled, "CARTL", "NEFT", name="robust accuracy under the ensemble")
     agree = table.assign(pgd_acc=table["robust_acc"] + 0.01)
     assert not any("disagree" in line or "overstates" in line for line in attack_findings(agree))
+
+
+def test_a_claim_is_never_judged_on_a_run_at_chance():
+    table = pd.DataFrame([{"method_name": "vanilla", "clean_acc": 0.74, "robust_acc": 0.45},
+                          {"method_name": "LwF", "clean_acc": 0.74, "robust_acc": 0.01},
+                          {"method_name": "CARTL", "clean_acc": 0.16, "robust_acc": 0.16}])  # 5 classes: chance 20 %
+    said = claim_checked("CARTL beats LwF", table, "CARTL", "LwF", label="method_name", chance=0.2)
+    assert "Not judged here: CARTL is at chance (16.0 % clean, chance 20.0 %)" in said and "shows" not in said
+    assert claim_checked("vanilla beats LwF", table, "vanilla", "LwF", label="method_name",
+                         chance=0.2).endswith("— the claim shows here.")
