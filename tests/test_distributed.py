@@ -163,3 +163,18 @@ def test_torchrun_trains_one_run_in_the_single_process_folder_and_rank_0_writes(
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "env.json", "history.json", "model.pt"]
     env = json.loads((folder / "env.json").read_text())
     assert env["world_size"] == 2 and env["per_rank_batch"] == config.optim.batch_size / 2
+
+
+def test_the_scaling_benchmark_runs_and_writes_its_table(tmp_path):
+    """bench/scaling.py end to end with tiny settings (no timing asserted: see bench/README.md)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "bench" / "scaling.py"
+    done = subprocess.run([sys.executable, str(script), "--batches", "1", "--repeats", "1", "--skip-grid"],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, CARTL_BENCH_RESULTS=str(tmp_path), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["candidate"] for r in written["rows"]] == ["1 process", "DDP, 1 process", "DDP, 2 processes"]
+    assert all(r["img/s (median)"] > 0 for r in written["rows"]) and "|" in done.stdout
