@@ -245,9 +245,9 @@ def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "
     """
     rows = {r[label]: r for r in _records(table)}
     a, b = rows[better], rows[worse]
-    failed = [key for key, row in ((better, a), (worse, b))
-              if chance is not None and row["clean_acc"] <= chance + margin]
-    if failed:
+    failed = [] if chance is None else [key for key, row in ((better, a), (worse, b))
+                                        if row["clean_acc"] <= chance + margin]
+    if chance is not None and failed:
         return (f"Paper: {claim}. Not judged here: " + " and ".join(
             f"{key} is at chance ({_pct(rows[key]['clean_acc'])} clean, chance {_pct(chance)})" for key in failed)
             + ": a run that learned nothing is a failed experiment, not evidence either way.")

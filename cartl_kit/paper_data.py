@@ -82,7 +82,7 @@ class DatasetCorrupt(ValueError):
 # Presence and checksums
 # ---------------------------------------------------------------------------------------------------
 
-def _ensure_present(dataset: str, split: str, root: Path, folder: Path, required: Sequence[Path], *,
+def ensure_present(dataset: str, split: str, root: Path, folder: Path, required: Sequence[Path], *,
                     url: str, how_to: str, download: bool, fetch: Callable[[], object]) -> None:
     """Download through torchvision only when a required file is missing; never when all are present."""
     if all(path.exists() for path in required):
@@ -106,7 +106,7 @@ def _ensure_present(dataset: str, split: str, root: Path, folder: Path, required
         dataset=dataset, folder=folder, url=url)
 
 
-def _verify_md5(dataset: str, path: Path, md5: str) -> None:
+def verify_md5(dataset: str, path: Path, md5: str) -> None:
     from torchvision.datasets.utils import check_md5
     if not check_md5(path, md5):
         raise DatasetCorrupt(dataset, path, "its MD5 checksum differs from the published one")
@@ -199,14 +199,14 @@ def read_cifar(dataset: str, root: Path, split: str, *, download: bool, verify: 
         return (CIFAR100 if hundred else CIFAR10)(str(root), train=split == "train", download=True)
 
     paths = [folder / name for name in files] + [folder / meta_file]
-    _ensure_present(dataset, split, root, folder, paths, url=url, download=download, fetch=fetch,
+    ensure_present(dataset, split, root, folder, paths, url=url, download=download, fetch=fetch,
                     how_to=f"download {url} and extract it in {root} so that {paths[0]} exists")
     if verify:
         from torchvision.datasets import CIFAR10, CIFAR100
         tv = CIFAR100 if hundred else CIFAR10
         for name, md5 in tv.train_list + tv.test_list + [[tv.meta["filename"], tv.meta["md5"]]]:
             if name in files or name == meta_file:
-                _verify_md5(dataset, folder / name, md5)
+                verify_md5(dataset, folder / name, md5)
 
     images, labels = [], []
     for path in paths[:-1]:
@@ -241,11 +241,11 @@ def read_svhn(dataset: str, root: Path, split: str, *, download: bool,
         from torchvision.datasets import SVHN
         return SVHN(str(folder), split=split, download=True)
 
-    _ensure_present(dataset, split, root, folder, [path], url=SVHN_URLS[split], download=download,
+    ensure_present(dataset, split, root, folder, [path], url=SVHN_URLS[split], download=download,
                     fetch=fetch, how_to=f"download {SVHN_URLS[split]} into {folder}")
     if verify:
         from torchvision.datasets import SVHN
-        _verify_md5(dataset, path, SVHN.split_list[split][2])
+        verify_md5(dataset, path, SVHN.split_list[split][2])
     import scipy.io
     try:
         mat = scipy.io.loadmat(str(path))
@@ -305,7 +305,7 @@ def read_gtsrb(dataset: str, root: Path, split: str, *, download: bool,
         from torchvision.datasets import GTSRB
         return GTSRB(str(root), split=split, download=True)
 
-    _ensure_present(dataset, split, root, base, required, url=archives, download=download, fetch=fetch,
+    ensure_present(dataset, split, root, base, required, url=archives, download=download, fetch=fetch,
                     how_to=f"download {archives} and unzip them in {base} so that {required[-1]} exists")
     if split == "train":
         from torchvision.datasets.folder import make_dataset
@@ -335,4 +335,4 @@ def read_gtsrb(dataset: str, root: Path, split: str, *, download: bool,
 
 __all__ = ["CIFAR100_URL", "CIFAR10_URL", "CifarUnpickler", "DATA_ENV_VAR", "DIGIT_CLASSES", "DatasetCorrupt",
            "DatasetNotAvailable", "GTSRB_ARCHIVES", "GTSRB_BASE_URL", "GTSRB_CLASSES", "GTSRB_SIZE", "SVHN_URLS",
-           "inside_folder", "read_cifar", "read_gtsrb", "read_svhn"]
+           "ensure_present", "inside_folder", "read_cifar", "read_gtsrb", "read_svhn", "verify_md5"]

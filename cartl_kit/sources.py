@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .augment import CIFAR_AUGMENTATION, NO_AUGMENTATION, Augmentation
+from .fashion import read_fashion
 from .paper_data import DIGIT_CLASSES, read_cifar, read_gtsrb, read_svhn
 
 SPLIT_SEED = 20210718       # seeds the embedded datasets' stratified train/test split (never change it)
@@ -118,6 +119,9 @@ REGISTRY: dict[str, DatasetSource] = {
     "digits": DatasetSource(
         "1,797 scikit-learn 8×8 digits; 1×8×8 (size=28 upsamples), 10 classes, stratified 80/20 split; "
         "offline", _embedded(digits_arrays), NO_AUGMENTATION),
+    "fashion": DatasetSource(
+        "Fashion-MNIST: 1×28×28 grey clothing, 10 classes, 60,000/10,000; from Debian's dataset-fashion-mnist "
+        "(no download) or torchvision (30 MB); no augmentation", read_fashion, NO_AUGMENTATION),
     "cifar10": DatasetSource(
         "CIFAR-10 via torchvision; 3×32×32, 10 classes, 50,000/10,000; crop+flip+rotate augmentation; "
         "163 MB download", functools.partial(read_cifar, hundred=False), CIFAR_AUGMENTATION),
