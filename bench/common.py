@@ -53,10 +53,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def write(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>.json`` and return its path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write(name: str, payload: dict, folder: Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``<folder>/<name>.json``) and return its path."""
+    folder = RESULTS if folder is None else folder
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)

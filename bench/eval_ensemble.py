@@ -1,6 +1,6 @@
 """Benchmark 4: the kit's attack ensemble against pyautoattack's APGD-CE + APGD-T, with PGD-20 for scale.
 
-    python bench/eval_ensemble.py [--n 500] [--repeats 1] [--models at fdm]
+    python bench/eval_ensemble.py [--n 500] [--repeats 1] [--models at fdm] [--device cpu]
 
 Models: the quick preset's shipped teachers (WRN-16-1, MNIST digits 0-4, 5 classes): the AT teacher and
 the FDM teacher (k 4, lambda 0.01; its gradients are masked). Data: a seeded sample of `--n` images of
@@ -44,8 +44,10 @@ DATASET, EPS, PGD_STEP, PGD_STEPS = "mnist5k[0-4]", 0.3, 0.04, 20
 ENSEMBLE, AUTOATTACK, PGD = "kit ensemble", "pyautoattack APGD-CE + APGD-T", f"kit PGD-{PGD_STEPS}"
 
 
-def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[list[dict], dict]:
-    model = load_run(SHIPPED_RUNS / MODELS[name]).model.eval()
+def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, repeats: int,
+                device: torch.device = torch.device("cpu")) -> tuple[list[dict], dict]:
+    model = load_run(SHIPPED_RUNS / MODELS[name]).model.eval().to(device)
+    x, y = x.to(device), y.to(device)
     config = EnsembleConfig()
     robust: dict[str, list[float]] = {ENSEMBLE: [], AUTOATTACK: [], PGD: []}
     clean: list[float] = []
@@ -54,7 +56,7 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tu
 
     def ensemble():
         generator = torch.Generator().manual_seed(round_["r"])
-        result = ensemble_accuracy(model, [(x, y)], eps=EPS, config=config, device="cpu", generator=generator,
+        result = ensemble_accuracy(model, [(x, y)], eps=EPS, config=config, device=device, generator=generator,
                                    progress=False)
         robust[ENSEMBLE].append(result.robust_acc)
         clean.append(result.clean_acc)
@@ -88,8 +90,10 @@ def bench_model(name: str, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tu
         round_["r"] = r
         for candidate, fn in candidates.items():
             seen["images"] = 0
+            common.sync(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            common.sync(device)
             times[candidate].append(time.perf_counter() - start)
             cpu[candidate].append(time.process_time() - start_cpu)
             forwards[candidate].append(seen["images"])
@@ -123,13 +127,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="test images (a seeded random sample; 500 = all)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     info = common.machine()
     test = sample(load_dataset(DATASET, split="test"), args.n)
     x, y = as_float(test.images), test.labels
     rows, summaries = [], []
     for name in args.models:
-        model_rows, summary = bench_model(name, x, y, args.repeats)
+        model_rows, summary = bench_model(name, x, y, args.repeats, device)
         rows += model_rows
         summaries.append(summary)
     try:
@@ -137,6 +143,7 @@ def main() -> None:
         info["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     payload = {"benchmark": f"robust evaluation at eps {EPS}, {len(y)} images of {DATASET} test: kit ensemble "
                             f"({EnsembleConfig().label}) vs pyautoattack custom APGD-CE + APGD-T (100 iterations, "
                             f"4 targets, 1 restart) vs kit PGD-{PGD_STEPS} (step {PGD_STEP})",
@@ -150,7 +157,8 @@ def main() -> None:
         print(f"{s['model']}: clean {s['clean_acc_%']} %, pyautoattack/ensemble {s['autoattack_over_ensemble']}x time, "
               f"{s['autoattack_over_ensemble_work']}x image-forwards, "
               f"ensemble/PGD-20 {s['ensemble_over_pgd20']}x time, ensemble not weaker: {s['ensemble_not_weaker']}")
-    print(f"\n{info['date']}, {info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}, "
+    gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+    print(f"\n{info['date']}, {gpu}{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}, "
           f"load average {info.get('load_average_1min')} -> {info.get('load_average_1min_end')}; wrote {path}")
 
 

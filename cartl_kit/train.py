@@ -27,6 +27,7 @@ from .progress import bar as progress_bar
 
 from .attacks import AttackConfig, pgd_linf
 from .config import OptimConfig
+from .fold import check_fold_settings, folded_for_attack
 from .losses import check_lambda, fdm_loss, lwf_loss
 from .models import WideResNet
 from .runtime import default_device
@@ -116,31 +117,41 @@ def _blocks(model: nn.Module, step: str) -> BlockModel:
 
 
 def _craft_in_eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig,
-                        generator: torch.Generator | None) -> torch.Tensor:
-    # Like the reference: examples are crafted with BatchNorm using running statistics.
+                        generator: torch.Generator | None, fold_bn: bool = False,
+                        chunk: int | None = None) -> torch.Tensor:
+    # Like the reference: examples are crafted with BatchNorm using running statistics. With fold_bn, on a
+    # snapshot of the eval-mode model with BatchNorm folded (cartl_kit.fold): the same logits and input
+    # gradients up to rounding, fewer passes; with chunk, run in slices of the batch.
     model.eval()
     try:
-        return pgd_linf(model, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
+        attacked = folded_for_attack(model, chunk=chunk) if fold_bn else model
+        return pgd_linf(attacked, x, y, eps=attack.eps, step_size=attack.step_size, steps=attack.steps,
                         random_start=attack.random_start, generator=generator)
     finally:
         model.train()
 
 
-def adversarial_step(*, attack: AttackConfig = AttackConfig(), generator: torch.Generator | None = None) -> StepFn:
+def adversarial_step(*, attack: AttackConfig = AttackConfig(), generator: torch.Generator | None = None,
+                     fold_bn: bool = False, attack_chunk: int | None = None) -> StepFn:
     """Madry adversarial training: cross-entropy on PGD examples (default the reference's PGD-7, 8/255, 2/255).
 
     Args:
         attack: the PGD attack that crafts the training examples.
         generator: ``torch.Generator`` for PGD's random starts (drawn on its device, then moved to the
             batch's); default the global random state.
+        fold_bn: craft the examples on ``cartl_kit.fold.FoldedWideResNet`` (BatchNorm folded away; a
+            WideResNet only): the same examples up to floating-point rounding, faster on a CPU.
+        attack_chunk: with ``fold_bn``, run the attack's passes in slices of this many examples (exact: eval
+            mode treats examples independently; see bench/README.md for when it helps); None: the whole batch.
 
     Example:
         >>> fit(model, loader, adversarial_step(attack=AttackConfig(eps=0.3, step_size=0.1)), OptimConfig(epochs=5))
     """
     _check_attack(attack)
+    check_fold_settings(fold_bn, attack_chunk)
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        x_adv = _craft_in_eval_mode(model, x, y, attack, generator)
+        x_adv = _craft_in_eval_mode(model, x, y, attack, generator, fold_bn, attack_chunk)
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss": loss.item(), "train_adv_acc": _accuracy(logits, y)}
@@ -155,6 +166,8 @@ def fdm_step(
     attack: AttackConfig = AttackConfig(),
     generator: torch.Generator | None = None,
     reduction: str = "sum",
+    fold_bn: bool = False,
+    attack_chunk: int | None = None,
 ) -> StepFn:
     """Adversarial training plus FDM: CE(f(x'), y) + λ/√d · Σ_i ‖f^(L-k)(x'_i) - f^(L-k)(x_i)‖₂.
 
@@ -170,17 +183,19 @@ def fdm_step(
         attack: the PGD attack that crafts the training examples (default the reference's PGD-7).
         generator: ``torch.Generator`` for PGD's random starts; default the global random state.
         reduction: ``"sum"`` (the reference) or ``"mean"`` over the batch, as in ``fdm_loss``.
+        fold_bn, attack_chunk: craft the examples with BatchNorm folded away, as in ``adversarial_step``.
 
     Example:
         >>> fit(model, loader, fdm_step(k=4, lam=0.005), OptimConfig(epochs=100))
     """
     check_lambda(lam)
     _check_attack(attack)
+    check_fold_settings(fold_bn, attack_chunk)
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         net = _blocks(model, "fdm_step")
         split = net.split_index(k)
-        x_adv = _craft_in_eval_mode(model, x, y, attack, generator)
+        x_adv = _craft_in_eval_mode(model, x, y, attack, generator, fold_bn, attack_chunk)
         features_adv = net.forward_features(x_adv, upto=split)
         logits = net.forward_from(features_adv, start=split)
         features_clean = net.forward_features(x, upto=split)

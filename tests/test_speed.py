@@ -108,3 +108,39 @@ def test_cudnn_autotuner_is_on_for_cuda_unless_determinism_is_asked_for():
     finally:
         torch.backends.cudnn.benchmark = flag
         torch.use_deterministic_algorithms(deterministic)
+
+
+def test_gpu_check_script_parses_fails_fast_without_cuda_and_its_entries_run_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """bench/gpu_check.sh is for a CUDA machine; here: it parses, stops with one line when CUDA is absent, and
+    every Python entry it calls answers --help (gpu_check.py also runs its checks, tiny, with --dry-run)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    env = {**os.environ, "CARTL_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    assert subprocess.run(["bash", "-n", str(bench / "gpu_check.sh")]).returncode == 0
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", str(bench / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr
+    script = (bench / "gpu_check.sh").read_text()
+    for entry, flags in [("at_step.py", ["--ablation", "--threads", "--compile", "--bf16"]),
+                         ("eval_ensemble.py", ["--device"])]:
+        assert f"bench/{entry}" in script
+        done = subprocess.run([sys.executable, str(bench / entry), "--help"], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0 and all(flag in done.stdout for flag in flags), done.stderr[-2000:]
+    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.setenv("CARTL_BENCH_RESULTS", str(tmp_path))
+    import gpu_check
+
+    assert "bench/gpu_check.py" in script
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--help"])
+    assert exit_.value.code == 0 and "--dry-run" in capsys.readouterr().out
+    assert gpu_check.main(["all", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu_check: all checks passed" in out and "'bitwise_equal': True" in out
+    assert not list(tmp_path.glob("*.json"))  # a dry run leaves bench/results alone
