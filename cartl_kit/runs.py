@@ -295,14 +295,17 @@ def evaluate_run(finished: Run, evaluation: EvalConfig, *, device=None, progress
     ``save`` (default: unless the run is a shipped one, which stays read-only) writes the result to
     ``metrics.json``; ``cached=False`` evaluates again even when a result is recorded.
     """
+    if distributed.current() is not None:  # under DDP: rank 0 evaluates (or finds) and records, every rank gets it
+        result = distributed.on_main(lambda: _evaluate_alone(finished, evaluation, device, progress, save, cached))
+        finished.metrics.setdefault(evaluation.name, result)
+        return result
+    return _evaluate_alone(finished, evaluation, device, progress, save, cached)
+
+
+def _evaluate_alone(finished: Run, evaluation: EvalConfig, device, progress: bool, save: bool | None,
+                    cached: bool) -> dict:
     if cached and evaluation.name in finished.metrics:
         return finished.metrics[evaluation.name]
-    if distributed.current() is not None:  # under DDP: rank 0 evaluates (and records), the others get its result
-        return distributed.on_main(lambda: _evaluate_alone(finished, evaluation, device, progress, save))
-    return _evaluate_alone(finished, evaluation, device, progress, save)
-
-
-def _evaluate_alone(finished: Run, evaluation: EvalConfig, device, progress: bool, save: bool | None) -> dict:
     device = torch.device(device) if device is not None else default_device()
     test = _data(finished.config.dataset, "test")
     if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class
