@@ -255,11 +255,12 @@ def sweep(preset: str | Preset = "quick", *, root=None, device=None, progress: b
     import pandas as pd
     from .grid import check_jobs, run_parallel
     preset_ = get_preset(preset) if isinstance(preset, str) else preset
-    configs = sweep_configs(preset_, **grid)
+    cells = sweep_cells(preset_, pgd=pgd, **grid)
+    configs = [cell.config for cell in cells]
     check_jobs(jobs, devices)
     log = log or (lambda message: None)
     if jobs > 1:
-        run_parallel(sweep_cells(preset_, pgd=pgd, **grid), jobs=jobs, devices=devices, root=root, log=log)
+        run_parallel(cells, jobs=jobs, devices=devices, root=root, log=log)
     rows = []
     for index, config in enumerate(configs, 1):
         found = find_run(config, root)

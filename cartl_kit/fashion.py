@@ -70,8 +70,12 @@ def read_fashion(dataset: str, root: Path, split: str, *, download: bool,
     """One split of Fashion-MNIST: (images (N, 1, 28, 28) uint8, labels (N,) int64, class names)."""
     names = _names(split)
     folders = fashion_folders(root)
-    found = next(([p for p in (_find(f, n) for n in names)] for f in folders
-                  if all(_find(f, n) is not None for n in names)), None)
+    found: list[Path | None] | None = None
+    for folder in folders:  # the first folder holding both files
+        paths = [_find(folder, n) for n in names]
+        if all(paths):
+            found = paths
+            break
     if found is None:
         raw = folders[0]
 

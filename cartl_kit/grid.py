@@ -47,15 +47,12 @@ class Cell:
 
 
 def check_jobs(jobs: int, devices: Sequence[str] | None = None) -> None:
-    """``jobs`` is an integer >= 1; each of ``devices`` is a device name torch knows ("cpu", "cuda:1")."""
-    import torch
+    """``jobs`` is an integer >= 1; each of ``devices`` is a device this machine has (``params.check_device``)."""
+    from .params import check_device
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be an integer >= 1 (parallel processes), got {jobs!r}")
     for device in devices or ():
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"--devices: {device!r} is not a device; use e.g. cpu, cuda or cuda:1") from None
+        check_device(device, name="--devices")
 
 
 def waves(cells: Iterable[Cell], *, root=None, shipped: bool = True) -> tuple[list[Cell], list[Cell]]:
@@ -85,11 +82,12 @@ def cell_argv(cell: Cell, *, root=None, device: str | None = None, shipped: bool
 def commands(cells: Iterable[Cell], *, root=None, device: str | None = None, shipped: bool = True) -> list[str]:
     """One self-contained shell command per job, the missing teachers first, a comment line before each group."""
     teachers, rest = waves(cells, root=root, shipped=shipped)
+    groups = [(teachers, "teachers: run these first"), (rest, "cells: after the teachers")] if teachers \
+        else [(rest, "cells")]
     lines = []
-    for jobs, what in ((teachers, "teachers: run these first"), (rest, "cells: after the teachers")):
-        if jobs:
-            lines.append(f"# {len(jobs)} {what if teachers else 'cells'}")
-            lines += [shlex.join(cell_argv(cell, root=root, device=device, shipped=shipped)) for cell in jobs]
+    for jobs, what in groups:
+        lines.append(f"# {len(jobs)} {what}")
+        lines += [shlex.join(cell_argv(cell, root=root, device=device, shipped=shipped)) for cell in jobs]
     return lines
 
 
