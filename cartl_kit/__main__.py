@@ -178,6 +178,10 @@ def _percent_table(table, columns, **names) -> str:
     return shown.rename(columns={"lam": "λ", "beta": "β"}).to_string(index=False)
 
 
+def _plain(table) -> str:
+    return table.to_string(index=False)
+
+
 def _records(table) -> list[dict]:
     return json.loads(table.to_json(orient="records"))
 
@@ -297,6 +301,11 @@ def cmd_reproduce(args) -> None:
 def cmd_pretrain(args) -> None:
     from .experiments import pretrain
     from .runs import SHIPPED_RUNS
+    if args.remeasure:
+        from .experiments import remeasure
+        found = remeasure(args.preset, root=args.out or SHIPPED_RUNS, device=args.device or "cpu")
+        print(json.dumps(_records(found), indent=2) if args.json else _plain(found))
+        return
     table = pretrain(args.preset, root=args.out or SHIPPED_RUNS, device=args.device or "cpu")
     if args.json:
         print(json.dumps(_records(table), indent=2))

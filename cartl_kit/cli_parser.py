@@ -173,6 +173,8 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes cartl_kit/shipped_runs)")
     p.add_argument("--out", default=None, help="folder to write them to (default: the kit's cartl_kit/shipped_runs)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="train nothing: measure the evaluations they have recorded again and replace them")
     common(p, runs=False)
     p.set_defaults(func=commands["pretrain"])
 

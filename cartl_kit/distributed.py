@@ -21,8 +21,9 @@ on a CPU, NCCL on CUDA, each rank on ``cuda:LOCAL_RANK``). What changes for a ru
   the others wait for it at a barrier. A run resumes under the same world size (``env.json`` records it).
 - **Config hash.** Unchanged: the global batch is the config's, so a DDP run and a single-process run of
   one config share their folder (and one may resume the other's checkpoint under the same world size).
-- **Evaluation** runs on rank 0 only (the others wait): evaluation is a small part of a run's cost, and
-  this keeps every number identical to a single process's. (Sharded evaluation: not yet.)
+- **Evaluation** (``cartl_kit.measure``): each rank attacks a contiguous run of the test split's batches;
+  random starts are seeded per batch, so the combined counts are exactly a single process's. Rank 0 decides
+  whether a result is cached and records it. AutoAttack and the convergence report run on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ def agree(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(value: Any) -> list:
+    """Every rank's ``value``, in rank order, on every rank (a collective); ``[value]`` in a single process."""
+    if _CURRENT is None:
+        return [value]
+    import torch.distributed as dist
+    found: list = [None] * _CURRENT.world_size
+    dist.all_gather_object(found, value)
+    return found
 
 
 def on_main(work: Callable[[], Any]) -> Any:

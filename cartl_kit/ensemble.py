@@ -163,6 +163,17 @@ class EnsembleResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_broken_by(cls, by: list[str], *, eps: float, config: EnsembleConfig) -> "EnsembleResult":
+        """The result whose examples, in order, were broken by ``by`` (see ``broken_by``)."""
+        left = sum(b != CLEAN for b in by)
+        after = {}
+        for name in config.attacks:
+            left -= sum(b == name for b in by)
+            after[name] = left / len(by)
+        return cls(clean_acc=sum(b != CLEAN for b in by) / len(by), robust_acc=sum(b == ROBUST for b in by) / len(by),
+                   n=len(by), eps=eps, attack=config.label, after=after, broken_by=by, config=asdict(config))
+
     def __str__(self) -> str:
         return (f"clean {100 * self.clean_acc:.2f} %, robust {100 * self.robust_acc:.2f} % "
                 f"({self.attack}, eps={self.eps:.4g}, n={self.n})")
@@ -170,15 +181,18 @@ class EnsembleResult:
 
 def ensemble_accuracy(model: nn.Module, loader: Batches, *, eps: float, config: EnsembleConfig = EnsembleConfig(),
                       device: torch.device | str | None = None, max_examples: int | None = None,
-                      generator: torch.Generator | None = None, progress: bool = True) -> EnsembleResult:
+                      generator: torch.Generator | None = None, progress: bool = True, seed: int | None = None,
+                      first_batch: int = 0) -> EnsembleResult:
     """Clean and worst-case robust accuracy over a loader under the ensemble (see ``worst_case``).
 
     The model is moved to ``device`` and sanity-checked on the first batch (``evaluate.check_model``).
+    Random starts come from ``generator`` (one stream), or with ``seed`` from one seed per batch, as in
+    ``evaluate.robust_accuracy``.
 
     Example:
         >>> ensemble_accuracy(model.eval(), test_loader, eps=0.3).robust_acc
     """
-    from .evaluate import check_model
+    from .evaluate import batch_generators, check_model
     from .runtime import default_device
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
@@ -186,23 +200,18 @@ def ensemble_accuracy(model: nn.Module, loader: Batches, *, eps: float, config: 
     seen = 0
     total = len(loader) if isinstance(loader, Sized) else None
     batches = progress_bar(loader, total=total, desc="ensemble", disable=not progress)
-    for index, (x, y) in enumerate(batches):
+    for index, ((x, y), batch_generator) in enumerate(zip(batches, batch_generators(device, seed, generator,
+                                                                                    first_batch))):
         x, y = x.to(device), y.to(device)
         if max_examples is not None:
             x, y = x[: max_examples - seen], y[: max_examples - seen]
         if index == 0:
             check_model(model, x, y)
         with showing_attack_steps(batches):
-            by += worst_case(model, x, y, eps=eps, config=config, generator=generator)[1]
+            by += worst_case(model, x, y, eps=eps, config=config, generator=batch_generator)[1]
         seen += len(y)
         if max_examples is not None and seen >= max_examples:
             break
     if seen == 0:
         raise ValueError("the loader yielded no examples to evaluate")
-    left = sum(b != CLEAN for b in by)
-    after = {}
-    for name in config.attacks:
-        left -= sum(b == name for b in by)
-        after[name] = left / seen
-    return EnsembleResult(clean_acc=sum(b != CLEAN for b in by) / seen, robust_acc=sum(b == ROBUST for b in by) / seen,
-                          n=seen, eps=eps, attack=config.label, after=after, broken_by=by, config=asdict(config))
+    return EnsembleResult.from_broken_by(by, eps=eps, config=config)

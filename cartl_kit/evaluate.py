@@ -28,6 +28,30 @@ PAPER_ATTACK = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=100)  # the pa
 NO_ATTACK = AttackConfig(eps=1.0, step_size=1.0, steps=0, random_start=False)  # clean accuracy only
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index``'s random starts in an evaluation seeded with ``seed`` (batch 0: ``seed``).
+
+    Seeding every batch on its own makes a batch's numbers independent of the batches before it, so an
+    evaluation split across processes (``cartl_kit.measure``) gives exactly the single process's numbers.
+    """
+    if index < 0 or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"batch_seed needs a seed in [0, 2**32) and a batch index >= 0, got {seed}, {index}")
+    # 32 bits (a CPU generator keeps only the low 32 bits of its seed); an odd multiplier: distinct per batch
+    return (seed + index * 0x9E3779B1) % 2 ** 32
+
+
+def batch_generators(device: torch.device, seed: int | None, generator: torch.Generator | None,
+                     first_batch: int = 0):
+    """One generator per batch: ``generator`` for every batch (seed None), or a fresh one seeded with
+    ``batch_seed(seed, first_batch + i)`` for batch i. Yields forever; zip it with the batches."""
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator (one stream for every batch) or seed (one seed per batch), not both")
+    index = first_batch
+    while True:
+        yield generator if seed is None else torch.Generator(device=device).manual_seed(batch_seed(seed, index))
+        index += 1
+
+
 class SanityCheckError(ValueError):
     """The model is not in a state in which accuracy numbers would be honest."""
 
@@ -47,6 +71,14 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def combined(parts: "list[dict]") -> dict:
+        """The ``as_dict()`` of one evaluation over the examples of ``parts`` (``as_dict()``s of the same attack
+        on disjoint examples, in order): counts add up, exactly."""
+        n = sum(part["n"] for part in parts)
+        clean, robust = (sum(round(part[key] * part["n"]) for part in parts) for key in ("clean_acc", "robust_acc"))
+        return {**parts[0], "clean_acc": clean / n, "robust_acc": robust / n, "n": n}
 
     def __str__(self) -> str:
         return (f"clean {100 * self.clean_acc:.2f} %, robust {100 * self.robust_acc:.2f} % "
@@ -112,6 +144,8 @@ def robust_accuracy(
     mode: str = "final",
     channels_last: bool = False,
     precision: str = "fp32",
+    seed: int | None = None,
+    first_batch: int = 0,
 ) -> EvalResult:
     """Clean and PGD robust accuracy over a loader (the paper's metric with the default settings).
 
@@ -123,7 +157,10 @@ def robust_accuracy(
         device: default CUDA if present, else CPU; the model is moved there.
         max_examples: evaluate only the first n examples the loader yields (default: all). Test splits
             may be ordered by class: for a representative subset, pass ``make_loader(sample(data, n))``.
-        generator: optional ``torch.Generator`` for the random starts.
+        generator: optional ``torch.Generator`` for the random starts, one stream through every batch.
+        seed, first_batch: instead of ``generator``, seed batch i's random starts with
+            ``batch_seed(seed, first_batch + i)`` (a batch's numbers then do not depend on the batches
+            before it: the runs store's evaluations, which DDP ranks share out, use this).
         progress: show a progress bar.
         mode: ``"final"`` (the paper's metric: an example is robust iff PGD's final iterate is classified
             correctly) or ``"any"`` (the fast path: robust iff it is classified correctly clean and at
@@ -154,7 +191,7 @@ def robust_accuracy(
     clean = robust = seen = 0
     total = len(loader) if isinstance(loader, Sized) else None
     batches = progress_bar(loader, total=total, desc="evaluate", disable=not progress)
-    for index, batch in enumerate(batches):
+    for index, (batch, batch_generator) in enumerate(zip(batches, batch_generators(device, seed, generator, first_batch))):
         x, y = _move(batch, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -163,7 +200,7 @@ def robust_accuracy(
         if index == 0:
             check_model(model, x, y)
         with autocast(device, precision), showing_attack_steps(batches):
-            clean_batch, robust_batch = _attack_batch(model, x, y, attack=attack, generator=generator, mode=mode)
+            clean_batch, robust_batch = _attack_batch(model, x, y, attack=attack, generator=batch_generator, mode=mode)
         clean += clean_batch
         robust += robust_batch
         seen += len(y)

@@ -23,7 +23,8 @@ from typing import Callable, Iterable
 
 from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
 from .params import check_report_path
-from .runs import CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate_run, find_run, is_shipped, run, runs_root
+from .runs import (CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate_run, find_run, is_shipped, load_run, run,
+                   runs_root)
 
 # The teachers that ship with the kit, per preset, as (method, k, λ): the grid the notebooks' sliders offer.
 SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = {
@@ -291,4 +292,31 @@ def pretrain(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu",
         rows.append(_row(finished, evaluate_run(finished, preset_.evaluation, device=device, progress=progress, save=True)))
         if preset_.evaluation.method != "pgd":  # the paper's PGD-k too, so tables can show both
             evaluate_run(finished, preset_.evaluation.as_pgd(), device=device, progress=progress, save=True)
+    return pd.DataFrame(rows)
+
+
+def remeasure(preset: str | Preset = "quick", *, root=SHIPPED_RUNS, device="cpu", progress: bool = True,
+              log: Callable[[str], None] | None = say) -> "object":
+    """Measure again every evaluation of the preset (its headline and its PGD-k) that the shipped teachers in
+    ``root`` have recorded, and replace the records: after a change to how evaluations are computed.
+    Nothing is trained, and no evaluation is added. Returns a DataFrame of the old and new robust accuracies.
+
+    ``python -m cartl_kit pretrain --preset quick --remeasure``
+    """
+    import pandas as pd
+    preset_ = get_preset(preset) if isinstance(preset, str) else preset
+    log = log or (lambda message: None)
+    rows = []
+    for config in shipped_teacher_configs(preset_):
+        path = find_run(config, root, shipped=False)
+        if path is None:
+            continue
+        finished = load_run(path)
+        for evaluation in {e.name: e for e in (preset_.evaluation, preset_.evaluation.as_pgd())}.values():
+            if evaluation.name in finished.metrics:
+                log(f"{config.slug}: {evaluation.label}")
+                old = finished.metrics[evaluation.name]["robust_acc"]
+                new = evaluate_run(finished, evaluation, device=device, progress=progress, save=True, cached=False)
+                rows.append({"run": path.name, "evaluation": evaluation.short, "old_robust_acc": old,
+                             "robust_acc": new["robust_acc"], "n": new["n"]})
     return pd.DataFrame(rows)

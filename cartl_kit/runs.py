@@ -28,7 +28,7 @@ from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, to_di
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
 from . import distributed
 from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
-from .evaluate import robust_accuracy
+from .measure import measure, measure_split  # noqa: F401  (measure: also the runs API's)
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, MODEL_FILE, SHIPPED_RUNS, Config, RunError,  # noqa: F401
@@ -161,12 +161,15 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
         elif main:
             write_json(path / "config.json", to_dict(config))
         state = load_tensors(path / CHECKPOINT_FILE)
+        _check_world(state, world, path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
         weights_rng.set_state(state["rng"])
         if attack_rng is not weights_rng and "attack_rng" in state:
             attack_rng.set_state(state["attack_rng"])
+        if world is not None and "rank_attack_rngs" in state:  # every rank's random starts go on where they were
+            attack_rng.set_state(state["rank_attack_rngs"][world.rank])
         history, start = state["history"], state["epoch"] + 1
     elif main:
         write_json(path / "config.json", to_dict(config))
@@ -174,11 +177,14 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     def save_epoch(record: dict) -> None:
         record = distributed.reduce_record(record)  # the metrics of the global batch (mean over ranks)
         history.append(record)
+        rank_rngs = distributed.gather(attack_rng.get_state()) if world is not None else None
         if not main:
             return
-        rng = {"rng": weights_rng.get_state()}
+        rng = {"rng": weights_rng.get_state(), "world_size": world.world_size if world else 1}
         if attack_rng is not weights_rng:
             rng["attack_rng"] = attack_rng.get_state()
+        if rank_rngs is not None:
+            rng["rank_attack_rngs"] = rank_rngs
         save_tensors(path / CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                               "loader": loader.state_dict(), **rng,
                                               "history": history, "epoch": record["epoch"]})
@@ -212,6 +218,15 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
         save_tensors(path / MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
         (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
+
+
+def _check_world(state: dict, world: "distributed.World | None", path: Path) -> None:
+    """Refuse to resume a checkpoint under another number of processes (its shards and random starts differ)."""
+    saved, now = state.get("world_size"), world.world_size if world else 1
+    if saved is not None and saved != now:
+        how = "plain python (one process)" if saved == 1 else f"torchrun --nproc-per-node {saved} (in all)"
+        raise RunError(f"{path / CHECKPOINT_FILE} was written by {saved} process(es), not {now}; resume it with "
+                       f"{how}, or delete it to train from the start")
 
 
 def run(config: Config, *, root=None, device: torch.device | str | None = None, progress: bool = True,
@@ -289,38 +304,43 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def evaluate_run(finished: Run, evaluation: EvalConfig, *, device=None, progress: bool = True,
-             save: bool | None = None, cached: bool = True) -> dict:
+                 save: bool | None = None, cached: bool = True) -> dict:
     """Clean and robust accuracy of a run on its test split, cached in its ``metrics.json``.
 
     ``save`` (default: unless the run is a shipped one, which stays read-only) writes the result to
-    ``metrics.json``; ``cached=False`` evaluates again even when a result is recorded.
+    ``metrics.json``; ``cached=False`` evaluates again even when a result is recorded. Under DDP every rank
+    attacks its share of the batches (``measure.measure_split``), rank 0 decides whether a result is cached
+    and records it, and every rank returns it.
     """
-    if distributed.current() is not None:  # under DDP: rank 0 evaluates (or finds) and records, every rank gets it
-        result = distributed.on_main(lambda: _evaluate_alone(finished, evaluation, device, progress, save, cached))
-        finished.metrics.setdefault(evaluation.name, result)
-        return result
-    return _evaluate_alone(finished, evaluation, device, progress, save, cached)
-
-
-def _evaluate_alone(finished: Run, evaluation: EvalConfig, device, progress: bool, save: bool | None,
-                    cached: bool) -> dict:
-    if cached and evaluation.name in finished.metrics:
-        return finished.metrics[evaluation.name]
+    world = distributed.current()
+    recorded = finished.metrics.get(evaluation.name) if cached else None
+    if world is not None:
+        recorded = distributed.agree(recorded)  # rank 0's store decides: the ranks must all measure, or none
+    if recorded is not None:
+        finished.metrics.setdefault(evaluation.name, recorded)
+        return recorded
     device = torch.device(device) if device is not None else default_device()
+    if world is not None:
+        device = world.device(device)  # CUDA: this rank's GPU
     test = _data(finished.config.dataset, "test")
     if evaluation.max_examples is not None:  # a seeded random subset: the test splits are ordered by class
         if evaluation.max_examples > len(test):  # the result would be named after a sample it did not use
             raise RunError(f"max_examples = {evaluation.max_examples} is more than the {len(test)} test images of "
                            f"{finished.config.dataset}; pass at most {len(test)}, or None for all of them")
         test = sample(test, evaluation.max_examples)
-    batches = make_loader(test, batch_size=256, device=device)
-    result = measure(finished.model.to(device).eval(), batches, evaluation, device=device, progress=progress)
+    result = measure_split(finished.model.to(device).eval(), test, evaluation, device=device, progress=progress)
     finished.model.cpu()
     if save is None:
         save = not is_shipped(finished.path)
     if not save:
         return result
-    return record_metric(finished, evaluation.name, result)
+    if world is not None and not world.main:
+        finished.metrics[evaluation.name] = result
+        distributed.barrier()  # rank 0 records it
+        return result
+    result = record_metric(finished, evaluation.name, result)
+    distributed.barrier()
+    return result
 
 
 def record_metric(finished: Run, name: str, result: dict) -> dict:
@@ -339,28 +359,6 @@ def record_metric(finished: Run, name: str, result: dict) -> dict:
     return result
 
 
-def measure(model, loader, evaluation: EvalConfig, *, device=None, progress: bool = True, seed: int = 0) -> dict:
-    """Clean and robust accuracy of ``model`` (eval mode) over ``loader`` under ``evaluation``'s method, as the
-    dict ``metrics.json`` stores: ``clean_acc``, ``robust_acc``, ``n``, ``method``, ``label`` (the attack's
-    name) and the method's details (for the ensemble, the accuracy left after each attack and which attack
-    broke each example). Random starts are seeded with ``seed``.
-    """
-    attack = evaluation.attack
-    generator = torch.Generator(device=device).manual_seed(seed)
-    if evaluation.method == "ensemble":
-        from .ensemble import ensemble_accuracy
-        result = ensemble_accuracy(model, loader, eps=attack.eps, config=evaluation.ensemble, device=device,
-                                   generator=generator, progress=progress).as_dict()
-    elif evaluation.method == "autoattack":
-        from .autoattack import autoattack_accuracy
-        images, labels = map(torch.cat, zip(*[(x, y) for x, y in loader]))
-        result = autoattack_accuracy(model, images.to(device), labels.to(device), eps=attack.eps, seed=seed)
-    else:
-        result = robust_accuracy(model, loader, attack=attack, device=device, mode=evaluation.mode,
-                                 generator=generator, progress=progress).as_dict()
-    return {**result, "method": evaluation.method, "label": evaluation.label}
-
-
 def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bool = True, n: int | None = None,
                 save: bool | None = None) -> tuple[dict, str]:
     """The convergence and sanity report (``convergence.convergence_report``) of a run's headline evaluation.
@@ -369,8 +367,15 @@ def convergence(finished: Run, evaluation: EvalConfig, *, device=None, quick: bo
     else 100 with ``quick`` and 500 without) with the grid of attacks, ``evaluation``'s ensemble and the same
     ensemble doubled, and records the result in ``metrics.json`` under ``"convergence-" + evaluation.name``
     (unless the run is shipped, or ``save=False``), where every table that shows the run finds its flags.
-    Returns the report as a dict and as text.
+    Returns the report as a dict and as text. Under DDP rank 0 makes it and every rank gets it.
     """
+    if distributed.current() is not None:
+        return distributed.on_main(lambda: _convergence_alone(finished, evaluation, device, quick, n, save))
+    return _convergence_alone(finished, evaluation, device, quick, n, save)
+
+
+def _convergence_alone(finished: Run, evaluation: EvalConfig, device, quick: bool, n: int | None,
+                       save: bool | None) -> tuple[dict, str]:
     from .convergence import convergence_report, format_report
     device = torch.device(device) if device is not None else default_device()
     test = _data(finished.config.dataset, "test")

@@ -1,5 +1,8 @@
 """DDP on the CPU (gloo, world size 2, one spawn for every case): a run on two processes equals one process.
 
+Evaluation shared out over the ranks (``measure.measure_split``) equals one process's exactly; a DDP run killed
+after a checkpoint resumes to the bit-identical model of an uninterrupted one.
+
 Without BatchNorm, DDP over 2 shards of B/2 equals a single process on the global batch B. With BatchNorm each
 shard normalises with its own statistics, so the reference is a single-process "ghost batch" step: each shard's
 forward separately from the same state, its loss weighted by its share of the batch, the gradients summed, and
@@ -97,6 +100,32 @@ def _cases():
     }
 
 
+def _evaluation_cases():
+    """name -> (model, data, evaluation, batch size): the ranks get different numbers of batches."""
+    from cartl_kit import AttackConfig, create_model
+    from cartl_kit.config import EvalConfig
+    from cartl_kit.ensemble import EnsembleConfig
+    from cartl_kit.images import ImageData
+    torch.manual_seed(1)
+    model = create_model("wrn16_1", num_classes=4, in_channels=1).eval()
+    (x, y), = _loader(40, batch=40)
+    data = ImageData("toy", "test", x, y, ("a", "b", "c", "d"))
+    attack = AttackConfig(eps=0.03, step_size=0.01, steps=3)
+    small = EnsembleConfig(guard_steps=2, guard_restarts=2, apgd_ce_steps=3, apgd_t_steps=2, n_targets=2)
+    cases = {method: (model, data.take(range(20)), EvalConfig(attack=attack, method=method, ensemble=small), 8)
+             for method in ("pgd", "ensemble")}  # 3 batches: 1 on rank 0, 2 on rank 1
+    # a random start over a large ball, barely moved: which examples survive is decided by the random starts
+    cases["random starts"] = (model, data, EvalConfig(attack=AttackConfig(eps=1.0, step_size=1e-4, steps=1)), 2)
+    return cases
+
+
+def _measured(seed: int = 0) -> dict:
+    from cartl_kit.measure import measure_split
+    return {f"evaluation: {name}": measure_split(model, data, evaluation, device="cpu", progress=False,
+                                                 batch_size=batch, seed=seed)
+            for name, (model, data, evaluation, batch) in _evaluation_cases().items()}
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
@@ -117,6 +146,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         diff = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(),
                                                                 reference.state_dict().values()) if a.is_floating_point())
         found[name] = diff
+    found.update(_measured())
     if rank == 0:
         with open(out, "w") as f:
             json.dump(found, f)
@@ -133,6 +163,16 @@ def ddp_results(tmp_path_factory):
 @pytest.mark.parametrize("name", list(_cases()))
 def test_ddp_equals_one_process_on_the_same_global_batch(ddp_results, name):
     assert ddp_results[name] < TOL, f"{name}: largest weight difference {ddp_results[name]:.2e}"
+
+
+def test_evaluation_shared_out_over_ranks_equals_one_process_exactly(ddp_results):
+    alone = _measured()
+    for name, result in alone.items():
+        assert ddp_results[name] == json.loads(json.dumps(result)), name
+    assert 0 < alone["evaluation: pgd"]["clean_acc"] and alone["evaluation: ensemble"]["n"] == 20
+    assert len(set(alone["evaluation: ensemble"]["broken_by"])) > 1, "every example ended alike: the check is weak"
+    assert _measured(seed=1)["evaluation: random starts"] != alone["evaluation: random starts"], \
+        "the random starts decide nothing here: the check is weak"
 
 
 def test_shards_cover_the_batch_without_padding():
@@ -178,3 +218,64 @@ def test_the_scaling_benchmark_runs_and_writes_its_table(tmp_path):
     written = json.loads((tmp_path / "scaling.json").read_text())
     assert [r["candidate"] for r in written["rows"]] == ["1 process", "DDP, 1 process", "DDP, 2 processes"]
     assert all(r["img/s (median)"] > 0 for r in written["rows"]) and "|" in done.stdout
+
+
+def _cell_argv(config, root) -> list[str]:
+    import sys
+
+    from cartl_kit.config import get_preset
+    from cartl_kit.grid import Cell, cell_argv
+    evaluation = get_preset("smoke").evaluation
+    return cell_argv(Cell(config, (evaluation, evaluation.as_pgd())), root=root, python=sys.executable)[1:]
+
+
+def test_a_killed_ddp_run_resumes_to_the_same_model_and_records_the_single_process_evaluation(tmp_path):
+    """torchrun, 2 ranks: killed (SIGKILL) after its first checkpoint, refused by one process, resumed by two;
+    it ends bit-identical to an uninterrupted DDP run, and its recorded evaluations (rank 1 had no batch of
+    the test split) equal a single process's."""
+    import dataclasses
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cartl_kit import runs
+    from cartl_kit.config import get_preset
+    from cartl_kit.measure import measure_split
+    base = get_preset("smoke").source("at", seed=0)
+    config = dataclasses.replace(base, optim=dataclasses.replace(base.optim, epochs=3))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+
+    def train(root, **popen):
+        return subprocess.Popen(torchrun + _cell_argv(config, root), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **popen)
+
+    done = train(tmp_path / "straight")
+    assert done.wait(timeout=600) == 0, done.stderr.read()[-3000:]
+    straight = runs.run_path(config, tmp_path / "straight")
+    folder = runs.run_path(config, tmp_path / "killed")
+    killed = train(tmp_path / "killed")
+    deadline = time.monotonic() + 600
+    while not (folder / runs.CHECKPOINT_FILE).exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    import psutil  # torchrun starts each rank in a session of its own: kill the whole tree, as a scheduler would
+    for process in [psutil.Process(killed.pid), *psutil.Process(killed.pid).children(recursive=True)]:
+        process.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (folder / runs.CHECKPOINT_FILE).exists() and not runs.is_finished(folder), "no kill landed mid-run"
+    alone = subprocess.run([sys.executable] + _cell_argv(config, tmp_path / "killed"), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 2 and "resume it with torchrun --nproc-per-node 2" in alone.stderr, alone.stderr
+    resumed = train(tmp_path / "killed")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    a, b = (torch.load(f / runs.MODEL_FILE, weights_only=True) for f in (straight, folder))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert [r["epoch"] for r in runs.load_run(folder).history] == [1, 2, 3]
+    recorded = json.loads((straight / "metrics.json").read_text())
+    assert json.loads((folder / "metrics.json").read_text()) == recorded
+    finished = runs.load_run(straight)
+    test = runs.load_dataset(config.dataset, split="test")
+    for evaluation in (get_preset("smoke").evaluation, get_preset("smoke").evaluation.as_pgd()):
+        alone_result = measure_split(finished.model.eval(), test, evaluation, device="cpu", progress=False)
+        assert recorded[evaluation.name] == json.loads(json.dumps(alone_result)), evaluation.name

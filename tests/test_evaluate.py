@@ -71,3 +71,31 @@ def test_gradient_masking_is_refused(natural_model, digits):
 def test_empty_loader_is_refused(natural_model):
     with pytest.raises(ValueError, match="no examples"):
         ck.accuracy(natural_model, [])
+
+
+def test_batch_seeds_are_distinct_32_bit_and_batch_0_keeps_the_seed():
+    from cartl_kit.evaluate import batch_seed
+    seeds = [batch_seed(7, index) for index in range(10_000)]
+    assert seeds[0] == 7 and len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 32 for s in seeds)
+    with pytest.raises(ValueError, match="seed in"):
+        batch_seed(-1, 0)
+
+
+@pytest.mark.parametrize("method", ["pgd", "ensemble"])
+def test_an_evaluation_split_into_runs_of_batches_adds_up_to_the_whole(robust_model, digits, method):
+    """Random starts seeded per batch: the batches in two parts (as DDP ranks take them) give the same counts."""
+    from cartl_kit.config import EvalConfig
+    from cartl_kit.ensemble import EnsembleConfig
+    from cartl_kit.measure import combine, measure
+    evaluation = EvalConfig(attack=ck.AttackConfig(eps=2 * EPS, step_size=EPS / 4, steps=2), method=method,
+                            ensemble=EnsembleConfig(guard_steps=2, guard_restarts=1, apgd_ce_steps=2, apgd_t_steps=1,
+                                                    n_targets=1))
+    x, y = digits[2][:60], digits[3][:60]
+    whole = measure(robust_model, Batches(x, y, batch_size=16), evaluation, device="cpu", progress=False, seed=3)
+    parts = [measure(robust_model, Batches(x[:32], y[:32], batch_size=16), evaluation, device="cpu", progress=False,
+                     seed=3),
+             None,  # a rank with no batch
+             measure(robust_model, Batches(x[32:], y[32:], batch_size=16), evaluation, device="cpu", progress=False,
+                     seed=3, first_batch=2)]
+    assert combine(parts, evaluation) == whole
+    assert whole["n"] == 60 and 0 < whole["robust_acc"] < whole["clean_acc"]

@@ -126,6 +126,12 @@ def test_pretrain_writes_evaluated_teachers(tmp_path, monkeypatch):
     assert metrics[TINY.evaluation.name]["robust_acc"] == table["robust_acc"][0]
     with pytest.raises(ValueError, match="ships no teachers"):
         experiments.pretrain(cfg.get_preset("paper"), root=tmp_path, progress=False, log=None)
+    # --remeasure replaces a recorded result by a new measurement and adds none
+    metrics[TINY.evaluation.name]["robust_acc"] = 0.123
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    again = experiments.remeasure(TINY, root=tmp_path, progress=False, log=None)
+    assert list(again["old_robust_acc"]) == [0.123] and list(again["robust_acc"]) == list(table["robust_acc"])
+    assert json.loads((folder / "metrics.json").read_text()).keys() == metrics.keys()
 
 
 SHIPPED = experiments.shipped_teacher_configs("quick")
