@@ -62,12 +62,13 @@ def cmd_source(args) -> None:
 
 
 def _transfer_config(args):
-    from .config import get_preset
+    from .config import FDM_METHODS, get_preset
     preset = get_preset(args.preset)
     teacher_k = args.teacher_k if args.teacher_k is not None else args.k  # CARTL pairs the FDM teacher's k with the student's
-    if args.teacher != "fdm" and (args.teacher_k is not None or args.lam is not None):
-        raise ValueError("--teacher-k and --lam describe an FDM teacher; add --teacher fdm")
-    teacher = preset.source(args.teacher, k=teacher_k if args.teacher == "fdm" else None, lam=args.lam, seed=args.seed)
+    fdm = args.teacher in FDM_METHODS
+    if not fdm and (args.teacher_k is not None or args.lam is not None):
+        raise ValueError("--teacher-k and --lam describe an FDM teacher; add --teacher fdm (or fdm-rel)")
+    teacher = preset.source(args.teacher, k=teacher_k if fdm else None, lam=args.lam, seed=args.seed)
     return preset, preset.transfer(teacher, args.method, k=args.k, beta=args.beta, bn_case=args.bn_case,
                                    lwf_lam=args.lwf_lam, seed=args.seed)
 
@@ -213,9 +214,10 @@ def cmd_demo(args) -> None:
 
 def _check_sweep_flags(args) -> None:
     """The flags ``transfer`` refuses are refused here too, by their names (the grid would ignore them)."""
+    from .config import FDM_METHODS
     if args.beta is not None and "neft" not in args.method:
         raise ValueError(f"--beta {' '.join(f'{b:g}' for b in args.beta)} belongs to --method neft; add neft to --method")
-    if args.lam is not None and args.teacher != "fdm":
+    if args.lam is not None and args.teacher not in FDM_METHODS:
         raise ValueError(f"--lam {' '.join(f'{lam:g}' for lam in args.lam)} describes FDM teachers; add --teacher fdm")
 
 

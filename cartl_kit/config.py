@@ -25,7 +25,8 @@ from .neft import check_beta
 from .params import check_bool, check_float, check_int, check_seed
 from .transfer import BN_CASE_ALIASES, BN_CASES
 
-SOURCE_METHODS = ("at", "fdm")
+SOURCE_METHODS = ("at", "fdm", "fdm-rel")
+FDM_METHODS = {"fdm": "absolute", "fdm-rel": "relative"}  # method -> FDM distance (fdm-rel: the kit's scale-invariant one)
 TRANSFER_METHODS = ("tl", "neft", "lwf")
 EVAL_METHODS = ("ensemble", "pgd", "autoattack")
 
@@ -73,13 +74,13 @@ class SourceConfig:
         _check_choice("architecture", self.arch, ARCHITECTURES)
         _check_choice("source method", self.method, SOURCE_METHODS)
         _check_common(self, attack=AttackConfig)
-        if self.method == "fdm":
+        if self.method in FDM_METHODS:
             if self.k is None or self.lam is None:
-                raise ValueError("method 'fdm' needs k (blocks after the FDM feature) and lam (its weight), e.g. k=3, lam=0.01")
+                raise ValueError(f"method {self.method!r} needs k (blocks after the FDM feature) and lam (its weight), e.g. k=3, lam=0.01")
             check_arch_k(self.arch, self.k)
             check_lambda(self.lam)
         elif self.k is not None or self.lam is not None:
-            raise ValueError("k and lam belong to method 'fdm'; leave them out for 'at'")
+            raise ValueError("k and lam belong to the FDM methods ('fdm', 'fdm-rel'); leave them out for 'at'")
 
     @property
     def kind(self) -> str:
@@ -87,7 +88,7 @@ class SourceConfig:
 
     @property
     def slug(self) -> str:
-        extra = f"-k{self.k}-lam{self.lam:g}" if self.method == "fdm" else ""
+        extra = f"-k{self.k}-lam{self.lam:g}" if self.method in FDM_METHODS else ""
         return _slugify(f"{self.method}{extra}-{self.arch}-{self.dataset}-s{self.seed}")
 
 
@@ -145,7 +146,7 @@ class TransferConfig:
     def slug(self) -> str:
         knob = {"neft": f"-beta{self.beta:g}" if self.method == "neft" else "",
                 "lwf": f"-lwf{self.lwf_lam:g}" if self.method == "lwf" else ""}.get(self.method, "")
-        source = self.teacher.method + (f"-lam{self.teacher.lam:g}" if self.teacher.method == "fdm" else "")
+        source = self.teacher.method + (f"-lam{self.teacher.lam:g}" if self.teacher.method in FDM_METHODS else "")
         return _slugify(f"{self.method}{knob}-k{self.k}-{self.bn_case}-{self.dataset}-from-{source}-s{self.seed}")
 
 
@@ -348,7 +349,7 @@ class Preset:
 
     def source(self, method: str = "at", *, k: int | None = None, lam: float | None = None, seed: int = 0,
                dataset: str | None = None, arch: str | None = None) -> SourceConfig:
-        if method == "fdm":
+        if method in FDM_METHODS:
             k = self.k if k is None else k
             lam = self.lam if lam is None else lam
         return SourceConfig(dataset=self.source_dataset if dataset is None else dataset,

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .config import EvalConfig, Preset, SourceConfig, TransferConfig, config_hash, get_preset
+from .config import (FDM_METHODS, SOURCE_METHODS, EvalConfig, Preset, SourceConfig, TransferConfig, config_hash,
+                     get_preset)
 from .params import check_report_path
 from .runs import (CONVERGENCE_PREFIX, SHIPPED_RUNS, Run, evaluate_run, find_run, is_shipped, load_run, run,
                    runs_root)
@@ -196,8 +197,9 @@ def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = 
     ``arch`` replace the preset's datasets and architecture (e.g. the paper's CIFAR-10 -> SVHN with WRN-28-4).
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    if teacher not in ("at", "fdm"):
-        raise ValueError(f"unknown teacher method {teacher!r}; choose one of at, fdm")
+    if teacher not in SOURCE_METHODS:
+        raise ValueError(f"unknown teacher method {teacher!r}; choose one of {', '.join(SOURCE_METHODS)}")
+    fdm = teacher in FDM_METHODS
     methods, bn_cases = _grid_axis("methods", methods), _grid_axis("bn_cases", bn_cases)
     ks = _grid_axis("ks", ks) if ks is not None else [preset.k]
     if betas is not None:  # given: they must be used (the grid would ignore them silently otherwise)
@@ -206,13 +208,13 @@ def sweep_configs(preset: str | Preset = "quick", *, ks: Iterable[int] | None = 
             raise ValueError(f"betas={betas!r} apply to method 'neft' only; add 'neft' to methods or leave betas out")
     if lams is not None:
         lams = _grid_axis("lams", lams)
-        if teacher != "fdm":
+        if not fdm:
             raise ValueError(f"lams={lams!r} are FDM teachers' weights; add teacher='fdm' or leave lams out")
     betas = [preset.beta] if betas is None else betas
     lams = [preset.lam] if lams is None else lams
     configs: dict[str, TransferConfig] = {}
-    for k, method, bn_case, lam in itertools.product(ks, methods, bn_cases, lams if teacher == "fdm" else [None]):
-        teacher_config = preset.source(teacher, k=k if teacher == "fdm" else None, lam=lam, seed=seed,
+    for k, method, bn_case, lam in itertools.product(ks, methods, bn_cases, lams if fdm else [None]):
+        teacher_config = preset.source(teacher, k=k if fdm else None, lam=lam, seed=seed,
                                        dataset=source, arch=arch)
         for beta in betas if method == "neft" else [None]:
             config = preset.transfer(teacher_config, method, k=k, beta=beta, bn_case=bn_case, seed=seed,

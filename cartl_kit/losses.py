@@ -13,6 +13,9 @@ import math
 import torch
 
 
+FDM_DISTANCES = ("absolute", "relative")
+
+
 def check_lambda(lam: float, *, name: str = "lam") -> None:
     """Raise ValueError unless the regulariser weight is a finite number >= 0 (not a bool)."""
     if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
@@ -25,8 +28,14 @@ def fdm_loss(
     *,
     lam: float,
     reduction: str = "sum",
+    distance: str = "absolute",
 ) -> torch.Tensor:
-    """λ/√d · per-sample L2 distance between clean and adversarial features.
+    """λ/√d · per-sample L2 distance between clean and adversarial features (``distance="absolute"``, the paper's).
+
+    ``distance="relative"`` is the kit's scale-invariant variant: λ · ‖h' − h‖ / ‖h‖ per sample (h the clean
+    feature, its norm not detached), which is unchanged when the features are scaled. The absolute distance
+    can be made small by shrinking the features, which the BatchNorm after them undoes, so a network can meet
+    the penalty without becoming smoother; the relative one cannot be met that way.
 
     d is the number of elements of one sample's feature (C·H·W). With ``reduction="sum"`` (the
     reference's choice) the distances are summed over the batch, so the effective λ grows with the
@@ -39,6 +48,7 @@ def fdm_loss(
         features_adv: f^(L-k)(x') for the adversarial batch.
         lam: weight λ >= 0 (the paper uses 0.01 and 0.005).
         reduction: ``"sum"`` (reference) or ``"mean"`` over the batch.
+        distance: ``"absolute"`` (the paper's λ/√d·‖Δh‖) or ``"relative"`` (λ·‖Δh‖/‖h‖).
 
     Returns:
         A scalar tensor.
@@ -56,10 +66,15 @@ def fdm_loss(
         )
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' (the reference) or 'mean', got {reduction!r}")
+    if distance not in FDM_DISTANCES:
+        raise ValueError(f"distance must be 'absolute' (the paper's) or 'relative' (scale-invariant), got {distance!r}")
     diff = (features_adv.float() - features_clean.float()).flatten(1)  # (B, d), float32 under bf16 autocast
     distances = torch.linalg.vector_norm(diff, ord=2, dim=1)  # (B,)
+    if distance == "relative":
+        norms = torch.linalg.vector_norm(features_clean.float().flatten(1), ord=2, dim=1)
+        distances = distances / norms.clamp_min(1e-12)
     total = distances.sum() if reduction == "sum" else distances.mean()
-    return lam / math.sqrt(diff.shape[1]) * total
+    return lam * total if distance == "relative" else lam / math.sqrt(diff.shape[1]) * total
 
 
 def lwf_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, *, lam: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
-from .config import EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
+from .config import FDM_METHODS, EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
 from . import distributed
 from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
@@ -105,10 +105,10 @@ def plain_model(config: Config, *, num_classes: int, in_channels: int) -> WideRe
 
 def _step_for(config: Config, teacher: WideResNet | None, *, generator: torch.Generator, world_size: int = 1) -> StepFn:
     if isinstance(config, SourceConfig):
-        if config.method == "fdm":  # its term sums over the batch: under DDP, each rank's shard counts world_size times
+        if config.method in FDM_METHODS:  # its term sums over the batch: under DDP, each rank's shard counts world_size times
             return fdm_step(k=_given(config.k, "k (method 'fdm')"),
                             lam=_given(config.lam, "lam (method 'fdm')") * world_size,
-                            attack=config.attack, generator=generator)
+                            attack=config.attack, generator=generator, distance=FDM_METHODS[config.method])
         return adversarial_step(attack=config.attack, generator=generator)
     if config.method == "lwf":
         return lwf_step(_given(teacher, "the teacher model (method 'lwf')"),
@@ -202,7 +202,7 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     step = _step_for(config, teacher, generator=attack_rng, world_size=world.world_size if world else 1)
     env = environment(device)
     if world is not None:  # DDP (see cartl_kit.distributed): shards of one global batch, losses weighted
-        if isinstance(config, SourceConfig) and config.method == "fdm":
+        if isinstance(config, SourceConfig) and config.method in FDM_METHODS:
             distributed.check_shards(len(train_data), optim.batch_size, world.world_size)
         trained, batches = distributed.wrap(trained, device), distributed.ShardedBatches(batches, world)
         step = distributed.scaled_step(step, batches)

@@ -28,7 +28,7 @@ from .progress import bar as progress_bar
 from .attacks import AttackConfig, pgd_linf
 from .config import OptimConfig
 from .fold import check_fold_settings, folded_for_attack
-from .losses import check_lambda, fdm_loss, lwf_loss
+from .losses import FDM_DISTANCES, check_lambda, fdm_loss, lwf_loss
 from .models import WideResNet
 from .runtime import default_device
 from .speed import autocast, check_precision, configure_cuda
@@ -168,6 +168,7 @@ def fdm_step(
     reduction: str = "sum",
     fold_bn: bool = False,
     attack_chunk: int | None = None,
+    distance: str = "absolute",
 ) -> StepFn:
     """Adversarial training plus FDM: CE(f(x'), y) + λ/√d · Σ_i ‖f^(L-k)(x'_i) - f^(L-k)(x_i)‖₂.
 
@@ -183,6 +184,7 @@ def fdm_step(
         attack: the PGD attack that crafts the training examples (default the reference's PGD-7).
         generator: ``torch.Generator`` for PGD's random starts; default the global random state.
         reduction: ``"sum"`` (the reference) or ``"mean"`` over the batch, as in ``fdm_loss``.
+        distance: ``"absolute"`` (the paper's) or ``"relative"`` (scale-invariant), as in ``fdm_loss``.
         fold_bn, attack_chunk: craft the examples with BatchNorm folded away, as in ``adversarial_step``.
 
     Example:
@@ -191,6 +193,8 @@ def fdm_step(
     check_lambda(lam)
     _check_attack(attack)
     check_fold_settings(fold_bn, attack_chunk)
+    if distance not in FDM_DISTANCES:
+        raise ValueError(f"distance must be 'absolute' (the paper's) or 'relative' (scale-invariant), got {distance!r}")
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         net = _blocks(model, "fdm_step")
@@ -200,7 +204,7 @@ def fdm_step(
         logits = net.forward_from(features_adv, start=split)
         features_clean = net.forward_features(x, upto=split)
         ce = F.cross_entropy(logits.float(), y)
-        fdm = fdm_loss(features_clean, features_adv, lam=lam, reduction=reduction)
+        fdm = fdm_loss(features_clean, features_adv, lam=lam, reduction=reduction, distance=distance)
         loss = ce + fdm
         return loss, {"loss": loss.item(), "ce": ce.item(), "fdm": fdm.item(), "train_adv_acc": _accuracy(logits, y)}
 

@@ -87,3 +87,37 @@ def test_mismatched_features_and_bad_reduction():
         ck.fdm_loss(torch.zeros(2, 3), torch.zeros(2, 4), lam=0.1)
     with pytest.raises(ValueError, match="reduction must be 'sum'"):
         ck.fdm_loss(torch.zeros(2, 3), torch.zeros(2, 3), lam=0.1, reduction="max")
+
+
+def test_relative_fdm_is_the_hand_computed_ratio_and_ignores_the_features_scale():
+    g = torch.Generator().manual_seed(0)
+    clean, adv = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
+    by_hand = 0.5 * sum((a - c).norm() / c.norm() for a, c in zip(adv, clean))
+    assert ck.fdm_loss(clean, adv, lam=0.5, distance="relative").item() == pytest.approx(by_hand.item(), rel=1e-6)
+    for scale in (1e-3, 7.0):  # the absolute distance shrinks with the features; the relative one does not
+        assert ck.fdm_loss(scale * clean, scale * adv, lam=0.5, distance="relative").item() == pytest.approx(by_hand.item(), rel=1e-5)
+        assert ck.fdm_loss(scale * clean, scale * adv, lam=0.5).item() == pytest.approx(
+            scale * ck.fdm_loss(clean, adv, lam=0.5).item(), rel=1e-5)
+    scale = torch.ones((), requires_grad=True)  # so no gradient asks the features to shrink
+    ck.fdm_loss(scale * clean, scale * adv, lam=0.5, distance="relative").backward()
+    assert abs(scale.grad.item()) < 1e-5
+    with pytest.raises(ValueError, match="distance must be 'absolute'"):
+        ck.fdm_loss(clean, adv, lam=0.5, distance="cosine")
+    with pytest.raises(ValueError, match="distance must be 'absolute'"):
+        ck.fdm_step(k=2, lam=0.1, distance="cosine")
+
+
+def test_an_fdm_rel_teacher_trains_with_the_relative_distance(tmp_path):
+    from cartl_kit import config as cfg, runs
+    attack = cfg.AttackConfig(eps=0.1, step_size=0.05, steps=1)
+    optim = cfg.OptimConfig(epochs=1, batch_size=128, milestones=())
+    made = {}
+    for method in ("fdm", "fdm-rel"):
+        config = cfg.SourceConfig(dataset="digits[0-4]", arch="wrn16_1", method=method, k=4, lam=0.01, attack=attack,
+                                  optim=optim)
+        made[method] = runs.run(config, root=tmp_path, device="cpu", progress=False, shipped=False)
+    assert made["fdm-rel"].path.name.startswith("fdm-rel-k4-lam0.01-")
+    # the same seed, data and first step: only the FDM term's distance differs (relative ≈ λ·‖Δh‖/‖h‖ per example)
+    assert made["fdm-rel"].history[0]["fdm"] != made["fdm"].history[0]["fdm"]
+    with pytest.raises(ValueError, match="'fdm-rel' needs k"):
+        cfg.SourceConfig(dataset="digits[0-4]", arch="wrn16_1", method="fdm-rel")
