@@ -27,7 +27,7 @@ from .transfer import BN_CASE_ALIASES, BN_CASES
 
 SOURCE_METHODS = ("at", "fdm", "fdm-rel")
 FDM_METHODS = {"fdm": "absolute", "fdm-rel": "relative"}  # method -> FDM distance (fdm-rel: the kit's scale-invariant one)
-TRANSFER_METHODS = ("tl", "neft", "lwf")
+TRANSFER_METHODS = ("tl", "neft", "lwf", "lpft")  # lpft: the linear probe's head, then the last k blocks (Kumar et al.)
 EVAL_METHODS = ("ensemble", "pgd", "autoattack")
 
 
@@ -133,6 +133,9 @@ class TransferConfig:
             check_lambda(self.lwf_lam, name="lwf_lam")
         elif self.lwf_lam is not None:
             raise ValueError("lwf_lam belongs to method 'lwf'")
+        if self.method == "lpft" and self.k < 2:
+            raise ValueError("method 'lpft' fine-tunes k >= 2 blocks from a linear probe (k = 1 is the probe itself: "
+                             "use method 'tl' with k = 1)")
         if self.half_residual is None:
             object.__setattr__(self, "half_residual", self.method == "neft")
         if self.bn_case == "freeze-reuse":  # one name per case, so both spellings share one run
@@ -141,6 +144,11 @@ class TransferConfig:
     @property
     def kind(self) -> str:
         return "transfer"
+
+    @property
+    def probe(self) -> "TransferConfig":
+        """The linear probe an ``lpft`` run starts from: this transfer with method ``tl`` at k = 1 (the head only)."""
+        return dataclasses.replace(self, method="tl", k=1, half_residual=False)
 
     @property
     def slug(self) -> str:

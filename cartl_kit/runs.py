@@ -31,8 +31,8 @@ from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
 from .measure import measure, measure_split  # noqa: F401  (measure: also the runs API's)
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
-from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, MODEL_FILE, SHIPPED_RUNS, Config, RunError,  # noqa: F401
-                    check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
+from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, INTERPOLATION_PREFIX, MODEL_FILE,  # noqa: F401
+                    SHIPPED_RUNS, Config, RunError, check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
                     read_history, read_metrics, remove_temporaries, run_path, runs_root, save_tensors, write_json)
 from .runtime import default_device
 from .train import Batches, StepFn, adversarial_step, fdm_step, fit, lwf_step, natural_step
@@ -74,13 +74,16 @@ def build_source_model(config: SourceConfig, data: ImageData, *,
 
 
 def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData, *,
-                  generator: torch.Generator | None = None) -> WideResNet:
-    """The untrained student of ``config``: a new head and NEFT's power-iteration start drawn from ``generator``."""
+                  generator: torch.Generator | None = None, probe: WideResNet | None = None) -> WideResNet:
+    """The untrained student of ``config``: a new head and NEFT's power-iteration start drawn from ``generator``;
+    for ``lpft`` the head is the trained linear probe's (``probe``, the finished run of ``config.probe``)."""
     if data.channels != teacher.in_channels:
         raise ValueError(f"target {config.dataset} has {data.channels} channel(s) but the teacher takes "
                          f"{teacher.in_channels}; pick a target with matching channels")
     student = make_student(teacher, k=config.k, num_classes=data.num_classes, bn_case=config.bn_case,
                            half_residual=_given(config.half_residual, "half_residual"), generator=generator)
+    if config.method == "lpft":
+        student.head.load_state_dict(_given(probe, "the linear probe's model (method 'lpft')").head.state_dict())
     if config.method == "neft":
         apply_neft(student, k=config.k, beta=_given(config.beta, "beta (method 'neft')"),
                    power_iterations=config.power_iterations, generator=generator)
@@ -128,7 +131,8 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch
 
 
 def _train(config: Config, *, root, device: torch.device, progress: bool, callback,
-           teacher: WideResNet | None = None, cache_features: bool = True, channels_last: bool = False) -> Path:
+           teacher: WideResNet | None = None, cache_features: bool = True, channels_last: bool = False,
+           probe: WideResNet | None = None) -> Path:
     """Train ``config`` into its folder (call it holding the folder's lock), resuming from ``checkpoint.pt``.
 
     A transfer run whose frozen extractor's output cannot change (see ``cache.feature_cache_blocker``)
@@ -146,7 +150,8 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     if isinstance(config, SourceConfig):
         model = build_source_model(config, train_data, generator=weights_rng)
     else:
-        model = build_student(config, _given(teacher, "the teacher model"), train_data, generator=weights_rng)
+        model = build_student(config, _given(teacher, "the teacher model"), train_data, generator=weights_rng,
+                              probe=probe)
     model.to(device)
     loader = make_loader(train_data, batch_size=config.optim.batch_size, augment=config.augment, device=device,
                          seed=config.seed)
@@ -258,13 +263,16 @@ def run(config: Config, *, root=None, device: torch.device | str | None = None, 
                 raise RunError(f"the teacher run {config.teacher.slug}-{config_hash(config.teacher)} does not exist "
                                f"in {runs_root(root)}; train it first (`python -m cartl_kit source`)")
             teacher = run(config.teacher, root=root, device=device, progress=progress, shipped=shipped).model
+        probe = None
+        if isinstance(config, TransferConfig) and config.method == "lpft":  # LP-FT starts from its linear probe
+            probe = run(config.probe, root=root, device=device, progress=progress, shipped=shipped).model
         path = run_path(config, root)
         with distributed.main_holds(lambda: locked(path)):  # under DDP: rank 0 holds the lock, every rank trains
             # else another process finished it while this one waited for the lock
             if not distributed.agree(is_finished(path)):
                 try:
                     _train(config, root=root, device=device, progress=progress, callback=callback, teacher=teacher,
-                           cache_features=cache_features, channels_last=channels_last)
+                           cache_features=cache_features, channels_last=channels_last, probe=probe)
                 except BaseException:
                     if world is None or world.main:
                         discard_unstarted(path)
@@ -422,7 +430,7 @@ def _table_rows(folder: Path, *, shipped: bool) -> list[dict]:
     flat.update({"run": folder.name, "path": str(folder), "shipped": shipped})
     rows = []
     for name, result in (metrics or {"": {}}).items():
-        if name.startswith(CONVERGENCE_PREFIX):
+        if name.startswith((CONVERGENCE_PREFIX, INTERPOLATION_PREFIX)):  # not evaluations of the run's own model
             continue
         shown = {key: value for key, value in result.items() if key not in ("broken_by", "config", "after")}
         rows.append({**flat, "evaluation": name or None, **shown})

@@ -38,6 +38,7 @@ MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE = "model.pt", "checkpoint.pt", ".lock"
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and a whole path, in bytes
 RUN_NAME_ROOM = 200  # bytes a run folder and its file names add below the runs root
 CONVERGENCE_PREFIX = "convergence-"  # metrics.json key of a convergence report: the prefix + the evaluation's name
+INTERPOLATION_PREFIX = "interp-a"  # an LP-FT run's evaluation of θ(α) (cartl_kit.interpolate): interp-a0.5-<evaluation>
 
 Config = SourceConfig | TransferConfig
 
