@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .plan import BN_CASES_2X2, BN_LABELS, Plan
+from .plan import BN_CASES_2X2, BN_LABELS, Plan, small_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,6 +88,9 @@ def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str) -
     verdict, clear, agreeing = judge(measured_pairs)
     counted = (f"{agreeing} of {len(measured_pairs)} comparisons in the claimed direction, "
                f"{clear} by more than the seeds' spread")
+    if len(measured_pairs) < len(comparisons):
+        counted += (f"; {len(comparisons) - len(measured_pairs)} left out (a cell not measured, or at chance "
+                    "accuracy: a failed experiment is no evidence)")
     return Claim(table, claim, f"{measured}; {counted}", verdict, clear, agreeing, len(measured_pairs))
 
 
@@ -192,23 +195,36 @@ def ablation_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
 def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     """CARTL is more robust than vanilla transfer and LwF, on full and small target data; LwF is below vanilla
     on both counts (§11.4 and the poster)."""
-    out = []
-    small = f"{plan.small_per_class}/class"
-    for column, where in (("full", "on the full target set"), (small, f"with {small} of target data")):
-        b = {m: (cell_stat(summary, "baselines", m, column, "clean"),
-                 cell_stat(summary, "baselines", m, column, "robust")) for m in ("LwF", "vanilla", "CARTL")}
-        text = ", ".join(f"{m} {b[m][0]} / {b[m][1]}" for m in b)
-        out.append(judged("baselines", f"CARTL is more robust than vanilla transfer and LwF {where} (§11.4"
-                          + (", poster" if column != "full" else "") + ")",
-                          [(b["CARTL"][1], b["vanilla"][1]), (b["CARTL"][1], b["LwF"][1])], "clean / robust: " + text))
-        if column == "full":
-            out.append(judged("baselines", "LwF is less accurate and less robust than vanilla transfer (§11.4)",
-                              [(b["vanilla"][0], b["LwF"][0]), (b["vanilla"][1], b["LwF"][1])], "see the row above"))
+    def cells(column: str) -> dict[str, tuple[Stat | None, Stat | None]]:
+        return {m: (cell_stat(summary, "baselines", m, column, "clean"), cell_stat(summary, "baselines", m, column, "robust"))
+                for m in ("LwF", "vanilla", "CARTL")}
+
+    def text(b: dict) -> str:
+        return ", ".join(f"{m} {b[m][0] or '–'} / {b[m][1] or '–'}" for m in b)
+
+    full = cells("full")
+    out = [judged("baselines", "CARTL is more robust than vanilla transfer and LwF on the full target set (§11.4)",
+                  [(full["CARTL"][1], full["vanilla"][1]), (full["CARTL"][1], full["LwF"][1])],
+                  "clean / robust: " + text(full)),
+           judged("baselines", "LwF is less accurate and less robust than vanilla transfer (§11.4)",
+                  [(full["vanilla"][0], full["LwF"][0]), (full["vanilla"][1], full["LwF"][1])], "see the row above")]
+    if plan.small_fractions:
+        columns = [small_column(f) for f in plan.small_fractions]
+        small = {column: cells(column) for column in columns}
+        out.append(judged("baselines", f"CARTL is more robust than vanilla transfer and LwF with less target data "
+                          f"({', '.join(columns)} of it, the same number of SGD steps; poster)",
+                          [(small[c]["CARTL"][1], small[c][m][1]) for c in columns for m in ("vanilla", "LwF")],
+                          "clean / robust: " + "; ".join(f"{c}: {text(small[c])}" for c in columns)))
     return out
 
 
-def claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
-    """The paper's claims, table by table, each judged on the summary by ``judge``."""
+def claims(summary: pd.DataFrame, plan: Plan, *, num_classes: int | None = None) -> list[Claim]:
+    """The paper's claims, table by table, each judged on the summary by ``judge``. With ``num_classes``, the cells
+    at chance accuracy (``at_chance``) are failed experiments: left out of every comparison, and counted as such."""
+    if num_classes is not None and len(summary):
+        chance = at_chance(summary, num_classes)
+        failed = set(zip(chance.table, chance.row, chance.column))
+        summary = summary[[key not in failed for key in zip(summary.table, summary.row, summary.column)]]
     return [*tradeoff_claims(summary, plan), *batchnorm_claims(summary, plan), *lam_beta_claims(summary, plan),
             *ablation_claims(summary, plan), *baseline_claims(summary, plan)]
 

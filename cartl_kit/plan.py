@@ -6,7 +6,9 @@ The five tables are the analogues of the paper's (``CARTL_REFERENCE.md`` §11):
 2. ``batchnorm`` — the four BatchNorm cases at one or two k (the 2×2 table);
 3. ``lam_beta`` — NEFT β × FDM λ at three k (CARTL's sweep);
 4. ``ablation`` — AT→TL, AT→NEFT, AT+FDM→NEFT at the same three k;
-5. ``baselines`` — LwF, vanilla and CARTL on the full target set and on a small per-class subset.
+5. ``baselines`` — LwF, vanilla and CARTL on the full target set and on the paper's smaller fractions of it
+   (50 %, 20 %, 10 %), each trained for the same number of SGD steps as on the full set (``small_data``), so a
+   small-data student is trained, not starved.
 
 A ``Plan`` (one of ``PLANS``: ``quick``, ``smoke``, ``paper``) sets their k, λ, β, seeds and data;
 ``cells(plan, seed)`` turns it into one ``TransferConfig`` per table cell. Cells of different tables may be
@@ -15,6 +17,8 @@ the same run, which then trains once.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from .config import SourceConfig, TransferConfig, get_preset
@@ -34,7 +38,9 @@ class Plan:
     first); the ablation uses ``ablation_lam``/``ablation_beta`` for both NEFT rows, as the paper's
     AT+FDM→NEFT row is its λ = 0.005, β = 0.4 cell. The baselines compare at ``baseline_k`` with CARTL =
     FDM(λ = ablation_lam) + NEFT(β = ablation_beta); LwF fine-tunes ``lwf_k`` blocks with its BatchNorm
-    layers updating (``train-update``), weight ``lwf_lam``.
+    layers updating (``train-update``), weight ``lwf_lam``. ``small_fractions`` are the shares of the target's
+    training set of the baselines' small-data columns (the paper's 50 %, 20 %, 10 %), each trained for the full
+    set's number of SGD steps.
     """
 
     preset: str = "quick"
@@ -49,7 +55,7 @@ class Plan:
     baseline_k: int = 4
     lwf_k: int = 8
     lwf_lam: float = 0.01
-    small_per_class: int = 20
+    small_fractions: tuple[float, ...] = (0.5, 0.2, 0.1)
 
     def __post_init__(self) -> None:
         preset = get_preset(self.preset)
@@ -67,18 +73,19 @@ class Plan:
             raise ValueError("lams needs two FDM weights (larger first) and betas at least two NEFT bounds (largest first)")
         if self.ablation_lam not in self.lams:
             raise ValueError(f"ablation_lam must be one of lams {self.lams}, got {self.ablation_lam}")
-        if self.small_per_class < 1:
-            raise ValueError(f"small_per_class must be >= 1, got {self.small_per_class}")
+        if not all(isinstance(f, float) and 0 < f < 1 for f in self.small_fractions):
+            raise ValueError(f"small_fractions are shares of the target's training set in (0, 1), e.g. (0.5, 0.2, 0.1), "
+                             f"got {self.small_fractions}")
 
 
 PLANS: dict[str, Plan] = {
     "quick": Plan(),
     # Seconds, for tests and for trying the command: 8x8 digits, one epoch, PGD-2 training.
     "smoke": Plan(preset="smoke", tradeoff_ks=(1, 4, 8), bn_ks=(4,), grid_ks=(3, 4), betas=(1.0, 0.4),
-                  small_per_class=10),
+                  small_fractions=(0.5,)),
     # The paper's scale (for the recipes; it needs a GPU and days).
     "paper": Plan(preset="paper", tradeoff_ks=tuple(range(1, 18)), bn_ks=(8,), grid_ks=(4, 6, 8), lams=(0.01, 0.005),
-                  ablation_lam=0.005, baseline_k=8, lwf_k=17, small_per_class=500),
+                  ablation_lam=0.005, baseline_k=8, lwf_k=17),
 }
 
 
@@ -87,6 +94,32 @@ def get_plan(name: str) -> Plan:
     if name not in PLANS:
         raise ValueError(f"unknown reproduction plan {name!r}; choose one of {', '.join(PLANS)}")
     return PLANS[name]
+
+
+def small_column(fraction: float) -> str:
+    """The baselines table's column of a small-data fraction: ``50 %``."""
+    return f"{100 * fraction:g} %"
+
+
+def small_data(config: TransferConfig, fraction: float) -> TransferConfig:
+    """``config`` on ``fraction`` of its target's training set (a seeded stratified subset), trained for as many
+    SGD steps as on the full set (as near as whole epochs allow; the schedule stretches with the epochs). The
+    steps are counted on the two training splits when their data is at hand, else epochs × 1 / fraction."""
+    dataset = f"{config.dataset}@{100 * fraction:g}%"
+    full, small = (_batches_per_epoch(name, config.optim.batch_size) for name in (config.dataset, dataset))
+    scale = full / small if full and small else 1 / fraction
+    optim = dataclasses.replace(config.optim, epochs=max(1, round(config.optim.epochs * scale)))
+    return dataclasses.replace(config, dataset=dataset, optim=optim)
+
+
+def _batches_per_epoch(dataset: str, batch_size: int) -> int | None:
+    """Batches per epoch of ``dataset``'s training split; None when its data is not on this machine."""
+    from .data import load_dataset
+    try:
+        size = len(load_dataset(dataset, split="train", download=False))
+    except (OSError, ValueError):
+        return None
+    return math.ceil(size / batch_size)
 
 
 @dataclass(frozen=True)
@@ -118,15 +151,15 @@ def cells(plan: Plan, seed: int) -> list[Cell]:
                 Cell("ablation", "AT → NEFT", f"k = {k}", preset.transfer(at, "neft", k=k, beta=plan.ablation_beta, seed=seed)),
                 Cell("ablation", "AT+FDM → NEFT", f"k = {k}",
                      preset.transfer(fdm(k, plan.ablation_lam), "neft", k=k, beta=plan.ablation_beta, seed=seed))]
-    full, small = preset.target_dataset, f"{preset.target_dataset}@{plan.small_per_class}/class"
-    for column, dataset in (("full", full), (f"{plan.small_per_class}/class", small)):
-        out += [Cell("baselines", "LwF", column, preset.transfer(at, "lwf", k=plan.lwf_k, lwf_lam=plan.lwf_lam,
-                                                                   bn_case="train-update", seed=seed, dataset=dataset)),
-                Cell("baselines", "vanilla", column, preset.transfer(at, "tl", k=plan.baseline_k, seed=seed, dataset=dataset)),
-                Cell("baselines", "CARTL", column,
-                     preset.transfer(fdm(plan.baseline_k, plan.ablation_lam), "neft", k=plan.baseline_k,
-                                     beta=plan.ablation_beta, seed=seed, dataset=dataset))]
+    baselines = {"LwF": preset.transfer(at, "lwf", k=plan.lwf_k, lwf_lam=plan.lwf_lam, bn_case="train-update", seed=seed),
+                 "vanilla": preset.transfer(at, "tl", k=plan.baseline_k, seed=seed),
+                 "CARTL": preset.transfer(fdm(plan.baseline_k, plan.ablation_lam), "neft", k=plan.baseline_k,
+                                          beta=plan.ablation_beta, seed=seed)}
+    out += [Cell("baselines", row, "full", config) for row, config in baselines.items()]
+    out += [Cell("baselines", row, small_column(fraction), small_data(config, fraction))
+            for fraction in plan.small_fractions for row, config in baselines.items()]
     return out
 
 
-__all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "PLANS", "Plan", "TABLES", "cells", "get_plan"]
+__all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "PLANS", "Plan", "TABLES", "cells", "get_plan", "small_column",
+           "small_data"]

@@ -16,7 +16,7 @@ from .claims import at_chance
 from .config import EvalConfig, Preset, get_preset
 from .models import ARCHITECTURES
 from .paper_results import ABLATION, BASELINES, BN_ABLATION, BN_CASE_LABELS, LAM_BETA, row_text
-from .plan import BN_LABELS, TABLES, Plan
+from .plan import BN_LABELS, TABLES, Plan, small_column, small_data
 from .recipes import recipes_markdown
 
 if TYPE_CHECKING:
@@ -128,8 +128,8 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
     from .data import load_dataset
     chance = at_chance(result.summary, load_dataset(preset.target_dataset, split="test").num_classes)
     if len(chance):
-        lines += ["", "Cells at chance accuracy (clean within 5 points of 1 / classes): these models learned nothing, so "
-                  "their robust accuracy means nothing, and comparisons with them say nothing either: "
+        lines += ["", "Cells at chance accuracy (clean within 5 points of 1 / classes) are failed experiments: these "
+                  "models learned nothing, so their robust accuracy means nothing, and no claim above counts them: "
                   + "; ".join(f"{r.table} {r.row} | {r.column} ({100 * r.clean_mean:.1f} / {100 * r.robust_mean:.1f})"
                               for r in chance.itertuples()) + "."]
     for table in TABLES:
@@ -144,12 +144,13 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
               f"- The FDM teachers are trained for the k of the student they feed (CARTL's pairing), λ ∈ "
               f"{{{', '.join(f'{x:g}' for x in plan.lams)}}}; the ablation and the baselines use λ = "
               f"{plan.ablation_lam:g}, β = {plan.ablation_beta:g} (the paper's AT+FDM → NEFT row is λ = 0.005, β = 0.4).",
-              f"- LwF fine-tunes k = {plan.lwf_k} blocks with BatchNorm updating (`train-update`), λ_d = {plan.lwf_lam:g}; "
-              f"the small target set keeps {plan.small_per_class} images per class.",
+              f"- LwF fine-tunes k = {plan.lwf_k} blocks with BatchNorm updating (`train-update`), λ_d = {plan.lwf_lam:g}.",
               f"- Every transfer trains {preset.transfer_optim.epochs} epochs at batch {preset.transfer_optim.batch_size} "
-              f"(the first a warm-up from lr 0), so on the small target set it takes "
-              f"{preset.transfer_optim.epochs * _batches(plan, preset)} SGD steps, on the full one "
-              f"{preset.transfer_optim.epochs * _batches(plan, preset, full=True)}.",
+              f"on the full target set ({preset.transfer_optim.epochs * _batches(preset, None)} SGD steps). The small-data "
+              "columns keep a seeded stratified share of it and train 1 / share as many epochs, the schedule stretched "
+              "with them: " + "; ".join(f"{small_column(f)}: {small_data(_template(preset), f).optim.epochs} epochs, "
+                                        f"{small_data(_template(preset), f).optim.epochs * _batches(preset, f)} steps"
+                                        for f in plan.small_fractions) + ".",
               "", "## Full scale: recipes for a GPU", "", recipes_markdown(gpu_rates), ""]
     text = "\n".join(lines)
 
@@ -161,10 +162,14 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
     return path
 
 
-def _batches(plan: Plan, preset: Preset, *, full: bool = False) -> int:
-    """Batches per epoch of the target's training split, full or at ``plan.small_per_class`` per class."""
+def _template(preset: Preset):
+    return preset.transfer(preset.source("at"), "tl", k=1)
+
+
+def _batches(preset: Preset, fraction: float | None) -> int:
+    """Batches per epoch of the target's training split, full (None) or its ``fraction``."""
     from .data import load_dataset
-    name = preset.target_dataset if full else f"{preset.target_dataset}@{plan.small_per_class}/class"
+    name = preset.target_dataset if fraction is None else small_data(_template(preset), fraction).dataset
     return math.ceil(len(load_dataset(name, split="train")) / preset.transfer_optim.batch_size)
 
 

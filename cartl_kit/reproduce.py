@@ -111,7 +111,9 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
                      "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "n": row["n"]})
     frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "run", "clean_acc", "robust_acc", "n"])
     summary = summarise(frame)
-    result = Reproduction(plan=plan, rows=frame, summary=summary, claims=claims(summary, plan),
+    from .data import load_dataset
+    classes = load_dataset(preset.target_dataset, split="test").num_classes
+    result = Reproduction(plan=plan, rows=frame, summary=summary, claims=claims(summary, plan, num_classes=classes),
                           seconds=time.perf_counter() - started, trained=trained, loaded=loaded,
                           teachers_trained=sum(teachers.values()) if train else 0, teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
