@@ -178,7 +178,7 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     common(p, runs=False)
     p.set_defaults(func=commands["pretrain"])
 
-    for kind, what in (("notebooks", "the notebook series (00-07), ready for JupyterLab"),
+    for kind, what in (("notebooks", "the notebook series (00-08), ready for JupyterLab"),
                        ("labs", "the course labs' nbgrader sources and configuration, for instructors")):
         p = sub.add_parser(kind, help=f"copy {what} into a folder of yours")
         p.add_argument("dest", help="folder to copy them into (created if missing)")

@@ -264,3 +264,35 @@ def claim_checked(claim: str, table, better: str, worse: str, *, column: str = "
     measured = f"Measured {name}" if name else "Measured"  # name: which quantity, e.g. the attack behind it
     return (f"Paper: {claim}. {measured}: {better} {_pct(a[column])}, {worse} {_pct(b[column])} "
             f"({100 * diff:+.1f} points{noise}) — {verdict}.")
+
+
+def front_dominance(front: list[dict], other: list[dict], *, name: str, other_name: str, n: int | None = None) -> str:
+    """Does one (clean, robust) front dominate the other? Each front is a list of rows with ``clean_acc`` and
+    ``robust_acc``; a point is dominated when a point of the other front is at least as clean and as robust.
+    The sentence counts the dominated points both ways and gives the verdict; with ``n`` (test images) it says
+    whether any robust gap behind the verdict exceeds two standard errors, or every one is within noise.
+
+    Example:
+        >>> front_dominance(lpft_front, neft_front, name="LP-FT's α front", other_name="NEFT's β front", n=100)
+    """
+    def covering(p: dict, by: list[dict]) -> list[dict]:
+        return [q for q in by if q["clean_acc"] >= p["clean_acc"] and q["robust_acc"] >= p["robust_acc"]]
+
+    if not front or not other:
+        return f"Not judged: {name if not front else other_name} has no point."
+    ours, theirs = sum(bool(covering(p, front)) for p in other), sum(bool(covering(p, other)) for p in front)
+    winner, loser = (front, other) if ours == len(other) and theirs < len(front) else \
+        (other, front) if theirs == len(front) and ours < len(other) else (None, None)
+    verdict = ("neither front dominates the other" if winner is None else
+               f"on these numbers {name if winner is front else other_name} dominates "
+               f"{other_name if winner is front else name}")
+    sentence = (f"{ours} of {other_name}'s {len(other)} points are dominated by a point of {name} (at least as clean "
+                f"and as robust), and {theirs} of {name}'s {len(front)} by {other_name}: {verdict}")
+    if n and winner is not None and loser is not None:
+        gaps = [(max(q["robust_acc"] for q in covering(p, winner)) - p["robust_acc"], p) for p in loser
+                if covering(p, winner)]
+        beyond = [gap for gap, p in gaps if 100 * gap > 2 * (_se_points(p["robust_acc"] + gap, p["robust_acc"], n) or 0)]
+        sentence += (f"; {len(beyond)} of its robust gaps exceed 2 s.e. on {n} test images" if beyond else
+                     f", but every robust gap behind it is within noise (2 s.e.) on {n} test images, so this run "
+                     "does not settle it")
+    return sentence + "."

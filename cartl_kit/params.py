@@ -149,6 +149,12 @@ def _float_list(low_open: bool):
     return check
 
 
+def _alpha_list(name: str, value) -> None:
+    _float_list(False)(name, value)
+    for item in value:
+        check_float(f"each of {name}", item, low=0, high=1)
+
+
 def _text(name: str, value) -> None:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {value!r}")
@@ -169,7 +175,8 @@ NOTEBOOK_PARAMETERS = {
     "LAMBDA": lambda name, value: check_float(name, value, low=0),
     "LWF_LAMBDA": lambda name, value: check_float(name, value, low=0),
     "BETA": lambda name, value: check_float(name, value, low=0, low_open=True),
-    "K_VALUES": _int_list, "LAMBDAS": _float_list(False), "BETAS": _float_list(True),
+    "ALPHA": lambda name, value: check_float(name, value, low=0, high=1),
+    "K_VALUES": _int_list, "LAMBDAS": _float_list(False), "BETAS": _float_list(True), "ALPHAS": _alpha_list,
     "PLAN": _text, "REPORT": _text, "BN_CASE": _text, "METHOD": _text,
 }
 

@@ -84,3 +84,20 @@ def test_the_front_ends_at_the_probe_and_the_tuned_run_and_records_the_points_be
     assert interpolation_front(again, evaluation, alphas=[0.5], device="cpu", progress=False) == front[1:2]
     table = runs.load_runs(root, include_shipped=False)
     assert not table["evaluation"].fillna("").str.startswith("interp-a").any(), "θ(α) is not the run's own model"
+
+
+def test_front_dominance_counts_both_ways_and_gives_the_verdict():
+    from cartl_kit.findings import front_dominance
+
+    def front(*points):
+        return [{"clean_acc": c, "robust_acc": r} for c, r in points]
+    high, low = front((0.9, 0.5), (0.95, 0.4)), front((0.88, 0.45), (0.9, 0.45))
+    assert "2 of B's 2 points are dominated" in front_dominance(high, low, name="A", other_name="B")
+    assert front_dominance(high, low, name="A", other_name="B").endswith(": on these numbers A dominates B.")
+    assert front_dominance(low, high, name="B", other_name="A").endswith(": on these numbers A dominates B.")
+    assert front_dominance(high, low, name="A", other_name="B", n=100).endswith("so this run does not settle it.")
+    assert "2 of its robust gaps exceed 2 s.e. on 2000" in front_dominance(high, low, name="A", other_name="B", n=2000)
+    crossing = front((0.99, 0.1))
+    assert front_dominance(high, crossing, name="A", other_name="C", n=100).endswith(
+        "neither front dominates the other.")
+    assert front_dominance([], low, name="A", other_name="B") == "Not judged: A has no point."

@@ -136,6 +136,17 @@ def test_papermill_baselines_with_another_small_size(tmp_path):
     assert small in _output_text(tmp_path / "out.ipynb")
 
 
+def test_papermill_lp_ft_with_another_alpha(tmp_path):
+    from cartl_kit.config import get_preset
+    preset = get_preset("quick").with_eval_examples(100)  # the notebooks evaluate a 100-image sample in quick mode
+    _papermill(_notebook("08_lp_ft"), tmp_path / "out.ipynb", BETAS=[1.0], ALPHAS=[0.0, 1.0], ALPHA=0.25,
+               RUNS_DIR=str(SHARED_RUNS))
+    lpft = preset.transfer(preset.source("at"), "lpft", k=4)
+    assert f"interp-a0.25-{preset.evaluation.name}" in _finished(lpft)
+    text = _output_text(tmp_path / "out.ipynb")
+    assert "θ(α = 0.25): clean" in text and "NEFT's β front's 1 points" in text and "β=0.4" not in text
+
+
 def test_papermill_runs_the_tradeoff_notebook_with_another_k(tmp_path):
     runs = tmp_path / "runs"
     path = _notebook("02_tradeoff_k")

@@ -1,7 +1,7 @@
 """How long each notebook takes at its default parameters, measured: cold, and again with its runs in place.
 
-    .venv/bin/python tools/time_notebooks.py                  # notebooks 00-06 -> reports/notebook-times.json
-    .venv/bin/python tools/time_notebooks.py --notebooks 00_quickstart 04_neft
+    .venv/bin/python tools/time_notebooks.py                  # notebooks 00-06 and 08 -> reports/notebook-times.json
+    .venv/bin/python tools/time_notebooks.py --notebooks 00_quickstart 04_neft   # replaces those two rows only
 
 For each notebook, in its own fresh folder (so nothing another notebook trained is reused): papermill runs it
 once from an empty runs folder (**cold**: the shipped teachers load, every transfer trains and is evaluated)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["00_quickstart", "01_adversarial_training", "02_tradeoff_k", "03_fdm", "04_neft", "05_batchnorm",
-             "06_cartl_vs_baselines"]
+             "06_cartl_vs_baselines", "08_lp_ft"]
 
 
 def _load() -> float:
@@ -55,15 +55,23 @@ def main() -> None:
             notebook.write_bytes((ROOT / "notebooks" / f"{name}.ipynb").read_bytes())
             cold = _papermill(notebook, folder / "cold.ipynb", folder)
             warm = _papermill(notebook, folder / "warm.ipynb", folder)
-            rows.append({"notebook": name, "cold_s": round(cold[0]), "warm_s": round(warm[0]),
+            rows.append({"notebook": name, "date": machine()["date"], "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                         "cold_s": round(cold[0]), "warm_s": round(warm[0]),
                          "exit": [cold[1], warm[1]], "load_average": [cold[2], cold[3], warm[3]]})
             print(f"{name}: cold {cold[0]:.0f} s, warm {warm[0]:.0f} s (exit {cold[1]}/{warm[1]}; load {cold[2]}"
                   f" -> {cold[3]})", flush=True)
     info = machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+    measured = {row["notebook"]: row for row in kept.get("rows", [])}
+    for row in kept.get("rows", []):  # rows of an earlier run: they carry its date and threads
+        row.setdefault("date", kept["machine"]["date"])
+        row.setdefault("threads", kept.get("threads", "default"))
+    measured.update({row["notebook"]: row for row in rows})
     args.out.write_text(json.dumps({"command": "python tools/time_notebooks.py " + " ".join(sys.argv[1:]),
                                     "threads": os.environ.get("OMP_NUM_THREADS", "default"), "machine": info,
-                                    "rows": rows}, indent=2) + "\n")
+                                    "rows": [measured[name] for name in NOTEBOOKS if name in measured]},
+                                   indent=2) + "\n")
     print("\n| notebook | cold (empty runs folder) | warm (runs in place) |\n|---|---|---|")
     for row in rows:
         print(f"| `{row['notebook']}` | {row['cold_s'] / 60:.1f} min | {row['warm_s']} s |")
