@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import from_env, leave
     try:
         _check_flags(args)
-        world = from_env(getattr(args, "device", None))  # under torchrun: join its process group (DDP)
+        world = from_env(getattr(args, "device", None), sync_bn=getattr(args, "sync_bn", False))  # under torchrun: DDP
         if world is not None and not world.main:
             sys.stdout = open(os.devnull, "w")  # rank 0 prints the results
         args.func(args)

@@ -53,6 +53,11 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
             p.add_argument("--runs-dir", default=None, help="runs folder (default $CARTL_RUNS or ./runs)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    def sync_bn(p):
+        p.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun on CUDA: SyncBatchNorm (BatchNorm statistics of the global batch, not each "
+                            "rank's shard); off by default")
+
     def parallel(p):
         p.add_argument("--jobs", type=int, default=1,
                        help="run the cells as this many parallel processes (teachers first; default 1: in this process)")
@@ -91,6 +96,7 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="FDM: fine-tuning depth the feature is taken for")
     p.add_argument("--lam", type=finite_float, default=None, help="FDM weight λ")
     common(p)
+    sync_bn(p)
     p.set_defaults(func=commands["source"])
 
     p = sub.add_parser("transfer", help="fine-tune the last k blocks of a teacher on the target and evaluate")
@@ -104,6 +110,7 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--lam", type=finite_float, default=None, help="FDM teacher's λ (default: the preset's)")
     p.add_argument("--no-teacher-training", action="store_true", help="fail instead of training a missing teacher")
     common(p)
+    sync_bn(p)
     p.set_defaults(func=commands["transfer"])
 
     p = sub.add_parser("evaluate", help="clean and robust accuracy of a finished run (default: the preset's ensemble)")
@@ -169,6 +176,7 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--no-shipped", action="store_true", help="ignore the teachers shipped with the kit")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    sync_bn(p)
     p.set_defaults(func=commands["cell"])
 
     p = sub.add_parser("pretrain", help="train and evaluate the preset's shipped teachers (writes cartl_kit/shipped_runs)")

@@ -12,6 +12,9 @@ on a CPU, NCCL on CUDA, each rank on ``cuda:LOCAL_RANK``). What changes for a ru
   its own statistics ("ghost batches" of B / world), which changes the noise of training; the running
   statistics kept are rank 0's (DDP syncs buffers from rank 0 before each forward), and so are NEFT's power
   iteration vectors.
+- **SyncBatchNorm** (``--sync-bn``, CUDA only): the trained BatchNorm layers normalise with the global batch's
+  statistics instead; off by default (no mainstream adversarial-training codebase uses it), recorded in
+  ``env.json``.
 - **Loss.** Each rank's loss is weighted by its share of the batch (``scaled_step``), so DDP's gradient
   average equals the gradient of the global batch's loss; FDM's batch-summed term is weighted by the world
   size instead (it needs shards of equal size: ``check_shards``).
@@ -46,6 +49,7 @@ class World:
     rank: int
     world_size: int
     local_rank: int
+    sync_bn: bool = False  # SyncBatchNorm: BatchNorm statistics over the global batch (CUDA only)
 
     @property
     def main(self) -> bool:
@@ -61,20 +65,29 @@ def current() -> World | None:
     return _CURRENT
 
 
-def from_env(device: torch.device | str | None = None) -> World | None:
+def from_env(device: torch.device | str | None = None, *, sync_bn: bool = False) -> World | None:
     """Join the process group that ``torchrun`` describes in the environment; None when not under torchrun.
 
-    The backend is NCCL for a CUDA ``device`` (default: CUDA when present) and gloo otherwise.
+    The backend is NCCL for a CUDA ``device`` (default: CUDA when present) and gloo otherwise. ``sync_bn``
+    turns every trained BatchNorm into ``torch.nn.SyncBatchNorm`` (statistics of the global batch instead of
+    each rank's shard); it needs CUDA and torchrun, and is off by default, as in mainstream adversarial
+    training code.
     """
     global _CURRENT
+    wanted = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if sync_bn and wanted.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA: SyncBatchNorm does not run on the CPU (gloo); leave it out, or add "
+                         "--device cuda on a GPU machine")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if sync_bn:
+            raise ValueError("--sync-bn syncs BatchNorm across the processes of torchrun; launch with "
+                             "`torchrun --nproc-per-node N -m cartl_kit ...`, or leave it out")
         return None
     import torch.distributed as dist
     if _CURRENT is not None:
         return _CURRENT
     world = World(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                  local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    wanted = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), sync_bn=sync_bn)
     if not dist.is_initialized():
         if wanted.type == "cuda":
             torch.cuda.set_device(world.local_rank)
@@ -223,12 +236,22 @@ class _Routed(nn.Module):
         return self.net(x)
 
 
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Turn every BatchNorm layer of ``model`` into ``nn.SyncBatchNorm`` in place (weights, statistics and
+    ``requires_grad`` kept; frozen ``FrozenBatchNorm2d`` statistics stay as they are); returns ``model``."""
+    for name, child in list(model.named_children()):
+        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return model
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` in DistributedDataParallel, keeping the block interface (``forward_features``,
     ``forward_from``, ``split_index``, ``num_blocks``) when the model has one. Freeze parameters and
     register NEFT before calling it: DDP fixes the set of trainable parameters when it wraps."""
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    if _CURRENT is not None and _CURRENT.sync_bn:
+        sync_batchnorm(model)
     if not hasattr(model, "forward_features"):
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=True)
     return BlockDDP(_Routed(model), device_ids=ids, forward_sync_buffers=True)

@@ -211,7 +211,8 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
             distributed.check_shards(len(train_data), optim.batch_size, world.world_size)
         trained, batches = distributed.wrap(trained, device), distributed.ShardedBatches(batches, world)
         step = distributed.scaled_step(step, batches)
-        env.update(world_size=world.world_size, per_rank_batch=optim.batch_size / world.world_size)
+        env.update(world_size=world.world_size, per_rank_batch=optim.batch_size / world.world_size,
+                   sync_batchnorm=world.sync_bn)
     if start <= optim.epochs:
         fit(trained, batches, step, optim, device=device, callback=save_epoch, progress=progress and main,
             start_epoch=start, optimizer=optimizer, channels_last=channels_last)

@@ -279,3 +279,22 @@ def test_a_killed_ddp_run_resumes_to_the_same_model_and_records_the_single_proce
     for evaluation in (get_preset("smoke").evaluation, get_preset("smoke").evaluation.as_pgd()):
         alone_result = measure_split(finished.model.eval(), test, evaluation, device="cpu", progress=False)
         assert recorded[evaluation.name] == json.loads(json.dumps(alone_result)), evaluation.name
+
+
+def test_sync_bn_converts_the_trained_batchnorms_only_and_is_refused_without_cuda():
+    from cartl_kit import create_model, make_student
+    from cartl_kit.distributed import from_env, sync_batchnorm
+    from cartl_kit.transfer import FrozenBatchNorm2d
+    torch.manual_seed(0)
+    student = make_student(create_model("wrn16_1", num_classes=4), k=3, num_classes=4, bn_case="freeze-reuse")
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+    trainable = {name for name, p in student.named_parameters() if p.requires_grad}
+    synced = sync_batchnorm(student)
+    assert synced is student and any(isinstance(m, nn.SyncBatchNorm) for m in student.modules())
+    assert not any(type(m) is nn.BatchNorm2d for m in student.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in student.modules()), "reused statistics stay frozen"
+    after = student.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+    assert {name for name, p in student.named_parameters() if p.requires_grad} == trainable
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        from_env("cpu", sync_bn=True)
