@@ -274,6 +274,8 @@ def cmd_reproduce(args) -> None:
     plan = get_plan(args.preset)
     if args.seeds is not None:
         plan = replace(plan, seeds=tuple(args.seeds))
+    if args.transfer_seeds is not None:
+        plan = replace(plan, transfer_seeds=tuple(args.transfer_seeds))
     root = runs_root(args.runs_dir) / FROM_SCRATCH_DIR if args.from_scratch else args.runs_dir
     if args.print_commands:
         from .reproduce import reproduce_cells

@@ -1,6 +1,9 @@
 """The paper's claims, judged on the reproduction's summary (mean and spread over seeds of every cell).
 
-Each claim is a list of comparisons "a > b" between cells of one table, judged by one fixed rule (``judge``):
+Each claim is a list of comparisons "a > b" between cells of one table, judged by one fixed rule (``judge``).
+Where both cells hold runs of the same (teacher seed, transfer seed) pairs, a comparison is *paired*: the
+differences a − b of runs that share both seeds, *clear* when their mean exceeds two standard errors
+(2·sd/√n), *agreeing* when it is positive; otherwise (one run per cell, or no common seeds) it is unpaired:
 *clear* when a's mean exceeds b's by more than the seeds' spread combined, *agreeing* when it exceeds it at all.
 One function per table (``tradeoff_claims`` … ``baseline_claims``) states that table's claims; ``claims``
 gives all of them in the report's order. The rules are fixed in advance: no claim is dropped or reworded for
@@ -22,10 +25,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Stat:
-    """One cell's accuracy over seeds (fractions): mean and standard deviation."""
+    """One cell's accuracy over seeds (fractions): mean, standard deviation, and each run's value keyed by
+    (teacher seed, transfer seed) (``runs``: what a paired comparison pairs; empty when unknown)."""
 
     mean: float
     std: float
+    runs: tuple[tuple[tuple[int, int], float], ...] = ()
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} %"
@@ -55,7 +60,26 @@ def cell_stat(summary: pd.DataFrame, table: str, row: str, column: str, metric: 
     hit = summary[(summary.table == table) & (summary.row == row) & (summary.column == column)]
     if hit.empty:
         return None
-    return Stat(float(hit[f"{metric}_mean"].iloc[0]), float(hit[f"{metric}_std"].iloc[0]))
+    runs = hit[f"{metric}_runs"].iloc[0] if f"{metric}_runs" in hit else {}
+    return Stat(float(hit[f"{metric}_mean"].iloc[0]), float(hit[f"{metric}_std"].iloc[0]),
+                tuple(sorted((tuple(k), float(v)) for k, v in (runs or {}).items())))
+
+
+def paired(a: Stat, b: Stat) -> list[float]:
+    """The differences a − b of the runs that share both seeds (empty unless at least two pairs share them)."""
+    other = dict(b.runs)
+    diffs = [value - other[key] for key, value in a.runs if key in other]
+    return diffs if len(diffs) >= 2 else []
+
+
+def _paired_verdict(diffs: list[float]) -> tuple[bool, bool, int | None]:
+    """(clear, agreeing, pairs a clear verdict would need) for paired differences."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    clear = mean > 2 * sd / math.sqrt(n) if sd > 0 else mean > 0
+    needed = math.floor((2 * sd / mean) ** 2) + 1 if mean > 0 and not clear else None  # 2·sd/√N < mean
+    return clear, mean > 0, needed
 
 
 def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
@@ -71,8 +95,14 @@ def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
     """
     if not comparisons:
         return "not measured", 0, 0
-    clear = sum(a.mean - b.mean > math.hypot(a.std, b.std) for a, b in comparisons)
-    agreeing = sum(a.mean > b.mean for a, b in comparisons)
+    clear = agreeing = 0
+    for a, b in comparisons:
+        diffs = paired(a, b)
+        if diffs:
+            is_clear, agrees, _ = _paired_verdict(diffs)
+        else:
+            is_clear, agrees = a.mean - b.mean > math.hypot(a.std, b.std), a.mean > b.mean
+        clear, agreeing = clear + is_clear, agreeing + agrees
     if clear == len(comparisons):
         verdict = "holds"
     elif 2 * agreeing >= len(comparisons):
@@ -86,8 +116,17 @@ def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str) -
     """The ``Claim`` "a > b for every pair", judged on the pairs whose two cells were measured."""
     measured_pairs = [(a, b) for a, b in comparisons if a is not None and b is not None]
     verdict, clear, agreeing = judge(measured_pairs)
-    counted = (f"{agreeing} of {len(measured_pairs)} comparisons in the claimed direction, "
-               f"{clear} by more than the seeds' spread")
+    differences = [paired(a, b) for a, b in measured_pairs]
+    if measured_pairs and all(differences):
+        needed = [n for n in (_paired_verdict(d)[2] for d in differences) if n is not None]
+        counted = (f"{agreeing} of {len(measured_pairs)} comparisons in the claimed direction, {clear} clear "
+                   f"(paired over {min(map(len, differences))} runs sharing teacher and transfer seeds, mean "
+                   f"difference beyond 2 s.e.)")
+        if needed:
+            counted += f"; the others that agree would need about {max(needed)} paired runs to be clear"
+    else:
+        counted = (f"{agreeing} of {len(measured_pairs)} comparisons in the claimed direction, "
+                   f"{clear} by more than the seeds' spread")
     if len(measured_pairs) < len(comparisons):
         counted += (f"; {len(comparisons) - len(measured_pairs)} left out (a cell not measured, or at chance "
                     "accuracy: a failed experiment is no evidence)")
@@ -230,4 +269,4 @@ def claims(summary: pd.DataFrame, plan: Plan, *, num_classes: int | None = None)
 
 
 __all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat",
-           "claims", "judge", "judged", "lam_beta_claims", "tradeoff_claims"]
+           "claims", "judge", "judged", "lam_beta_claims", "paired", "tradeoff_claims"]

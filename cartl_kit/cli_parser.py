@@ -152,7 +152,9 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
                                          "a Markdown report and the full-scale recipes")
     p.add_argument("--preset", default="quick", choices=["quick", "smoke"],
                    help="quick: MNIST digits, hours on a 2-core CPU (53 min of training, plus the ensemble evaluation of every run: not yet measured cold); smoke: 8x8 digits, about a minute")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="teacher seeds (default: the plan's, 0 1 2)")
+    p.add_argument("--transfer-seeds", type=int, nargs="+", default=None,
+                   help="transfer seeds, each with every teacher seed (default: the plan's, 0 1)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train the teachers too instead of using the shipped ones (runs go to <runs-dir>/from-scratch)")
     p.add_argument("--report", default="reports/reproduction-{preset}.md", help="Markdown report (default %(default)s)")

@@ -34,6 +34,9 @@ TABLES = ("tradeoff", "batchnorm", "lam_beta", "ablation", "baselines")
 class Plan:
     """What the reproduction runs, per seed (see the module docstring for the five tables).
 
+    ``seeds`` are the teachers' seeds and ``transfer_seeds`` the students' (every teacher seed with every
+    transfer seed), so the report can say how much of a cell's spread comes from the teacher and how much from
+    the fine-tuning, and judge a claim on pairs of runs that share both seeds.
     ``lams`` are the FDM teachers' weights (the larger first), ``betas`` NEFT's bounds (the largest
     first); the ablation uses ``ablation_lam``/``ablation_beta`` for both NEFT rows, as the paper's
     AT+FDM→NEFT row is its λ = 0.005, β = 0.4 cell. The baselines compare at ``baseline_k`` with CARTL =
@@ -44,7 +47,8 @@ class Plan:
     """
 
     preset: str = "quick"
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    transfer_seeds: tuple[int, ...] = (0, 1)
     tradeoff_ks: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     bn_ks: tuple[int, ...] = (3, 4)
     grid_ks: tuple[int, ...] = (3, 4, 5)
@@ -59,8 +63,11 @@ class Plan:
 
     def __post_init__(self) -> None:
         preset = get_preset(self.preset)
-        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, at least one (two or more for a standard deviation), got {self.seeds}")
+        for name in ("seeds", "transfer_seeds"):
+            seeds = getattr(self, name)
+            if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{name} must be distinct, at least one (two or more for a standard deviation), "
+                                 f"got {seeds}")
         num_blocks = ARCHITECTURES[preset.arch].num_blocks
         for name in ("tradeoff_ks", "bn_ks", "grid_ks"):
             bad = [k for k in getattr(self, name) if not 1 <= k <= num_blocks]
@@ -81,8 +88,8 @@ class Plan:
 PLANS: dict[str, Plan] = {
     "quick": Plan(),
     # Seconds, for tests and for trying the command: 8x8 digits, one epoch, PGD-2 training.
-    "smoke": Plan(preset="smoke", tradeoff_ks=(1, 4, 8), bn_ks=(4,), grid_ks=(3, 4), betas=(1.0, 0.4),
-                  small_fractions=(0.5,)),
+    "smoke": Plan(preset="smoke", seeds=(0, 1), transfer_seeds=(0,), tradeoff_ks=(1, 4, 8), bn_ks=(4,),
+                  grid_ks=(3, 4), betas=(1.0, 0.4), small_fractions=(0.5,)),
     # The paper's scale (for the recipes; it needs a GPU and days).
     "paper": Plan(preset="paper", tradeoff_ks=tuple(range(1, 18)), bn_ks=(8,), grid_ks=(4, 6, 8), lams=(0.01, 0.005),
                   ablation_lam=0.005, baseline_k=8, lwf_k=17),
@@ -132,13 +139,20 @@ class Cell:
     config: TransferConfig
 
 
-def cells(plan: Plan, seed: int) -> list[Cell]:
-    """Every cell of the five tables for one seed (cells of different tables may share a run)."""
+def seed_pairs(plan: Plan) -> list[tuple[int, int]]:
+    """Every (teacher seed, transfer seed) of the plan."""
+    return [(seed, transfer) for seed in plan.seeds for transfer in plan.transfer_seeds]
+
+
+def cells(plan: Plan, seed: int, transfer_seed: int | None = None) -> list[Cell]:
+    """Every cell of the five tables for one teacher seed and one transfer seed (default: the same), cells of
+    different tables may share a run."""
     preset = get_preset(plan.preset)
     at = preset.source("at", seed=seed)
+    teacher_seed, seed = seed, seed if transfer_seed is None else transfer_seed  # the transfers' seed below
 
     def fdm(k: int, lam: float) -> SourceConfig:
-        return preset.source("fdm", k=k, lam=lam, seed=seed)
+        return preset.source("fdm", k=k, lam=lam, seed=teacher_seed)
 
     out = [Cell("tradeoff", f"k = {k}", "vanilla", preset.transfer(at, "tl", k=k, seed=seed)) for k in plan.tradeoff_ks]
     out += [Cell("batchnorm", f"k = {k}", case, preset.transfer(at, "tl", k=k, bn_case=case, seed=seed))
@@ -161,5 +175,5 @@ def cells(plan: Plan, seed: int) -> list[Cell]:
     return out
 
 
-__all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "PLANS", "Plan", "TABLES", "cells", "get_plan", "small_column",
+__all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "PLANS", "Plan", "TABLES", "cells", "get_plan", "seed_pairs", "small_column",
            "small_data"]

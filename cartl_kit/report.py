@@ -114,12 +114,17 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
              f"- setting: {preset.arch}, source `{preset.source_dataset}` → target `{preset.target_dataset}`; "
              f"training PGD-{preset.train_attack.steps} ε = {preset.train_attack.eps:.4g}; robust accuracy under "
              f"{_attack_words(preset.evaluation)} on the target's test split; "
-             f"seeds {', '.join(map(str, plan.seeds))}",
-             "- cells: clean / robust accuracy in %, mean ± standard deviation over the seeds.", "",
+             f"teacher seeds {', '.join(map(str, plan.seeds))} × transfer seeds "
+             f"{', '.join(map(str, plan.transfer_seeds))}",
+             "- cells: clean / robust accuracy in %, mean ± standard deviation over the runs (every teacher seed "
+             "with every transfer seed).", "",
              "## The paper's claims, judged here", "",
-             "Rule: a comparison *agrees* when the means go the claimed way and is *clear* when the gap exceeds the "
-             "seeds' spread combined (√(s₁² + s₂²)). **holds**: every comparison clear; **holds partly**: at least "
-             "half agree; **does not hold here**: fewer. With few seeds the spread is a rough noise estimate.", ""]
+             "Rule, fixed before the runs: a comparison of two cells pairs their runs that share the teacher seed and "
+             "the transfer seed; it *agrees* when the mean paired difference goes the claimed way and is *clear* when "
+             "it exceeds two standard errors of the paired differences (2·sd/√n). A cell with one run is compared "
+             "unpaired: clear when the gap exceeds the seeds' spread combined (√(s₁² + s₂²)). **holds**: every "
+             "comparison clear; **holds partly**: at least half agree; **does not hold here**: fewer. A claim that "
+             "agrees but is not clear says how many paired runs would make it clear at the spread seen.", ""]
     lines += [f"{i}. {claim.sentence()}" for i, claim in enumerate(result.claims, 1)]
     if result.missing:
         lines += ["", f"**Incomplete:** rendered from the runs store without training; {len(result.missing)} "
@@ -132,6 +137,13 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
                   "models learned nothing, so their robust accuracy means nothing, and no claim above counts them: "
                   + "; ".join(f"{r.table} {r.row} | {r.column} ({100 * r.clean_mean:.1f} / {100 * r.robust_mean:.1f})"
                               for r in chance.itertuples()) + "."]
+    from .reproduce import spread_sources
+    sources = spread_sources(result.rows) if len(result.rows) else None
+    if sources is not None and len(sources):
+        lines += ["", "Where the spread of robust accuracy comes from (mean over each table's cells, in points): the "
+                  "standard deviation of the teacher seeds' means, and of the transfer seeds around one teacher:", "",
+                  "| table | teacher seeds | transfer seeds | cells |", "|---|---|---|---|"]
+        lines += [f"| {r.table} | {r.teacher_sd:.1f} | {r.transfer_sd:.1f} | {r.cells} |" for r in sources.itertuples()]
     for table in TABLES:
         lines += ["", f"## {TITLES[table]}", "", _markdown_table(pivot(result.summary, table)), "",
                   f"The paper: {PAPER[table]}"]

@@ -28,7 +28,7 @@ from .claims import Claim, Stat, at_chance, claims, judge
 from .config import config_hash, get_preset
 from .grid import Cell as GridCell, check_jobs, run_parallel
 from .params import check_report_path
-from .plan import BN_CASES_2X2, BN_LABELS, PLANS, TABLES, Cell, Plan, cells, get_plan
+from .plan import BN_CASES_2X2, BN_LABELS, PLANS, TABLES, Cell, Plan, cells, get_plan, seed_pairs
 from .recipes import RECIPES, SPLIT_SIZES, measured_gpu_rates, recipe_flops, recipes_markdown
 from .report import PAPER, TITLES, figures, pivot, write_markdown
 
@@ -42,7 +42,7 @@ class Reproduction:
     """What ``reproduce`` returns: one row per (cell, seed), the summary, the claims, the report path."""
 
     plan: Plan
-    rows: pd.DataFrame  # table, row, column, seed, run, clean_acc, robust_acc, n
+    rows: pd.DataFrame  # table, row, column, seed (the teacher's), transfer_seed, run, clean_acc, robust_acc, n
     summary: pd.DataFrame  # table, row, column, clean/robust mean and std, seeds
     claims: list[Claim]
     seconds: float
@@ -88,7 +88,7 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     check_jobs(jobs, devices)
     log = log or say
     started = time.perf_counter()
-    todo = [(seed, cell) for seed in plan.seeds for cell in cells(plan, seed)]
+    todo = [(pair, cell) for pair in seed_pairs(plan) for cell in cells(plan, *pair)]
     unique = list(dict.fromkeys(cell.config for _, cell in todo))  # cells shared between tables run once
     if jobs > 1 and train:
         run_parallel(reproduce_cells(plan), jobs=jobs, devices=devices, root=root, shipped=shipped, log=log)
@@ -103,13 +103,15 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
         log(f"[{index}/{len(unique)}] seed {config.seed}: {config.slug}: {'found' if found else 'training'}")
         done[config] = run_row(config, preset.evaluation, root=root, device=device, progress=progress, shipped=shipped)
         trained, loaded = trained + (not found), loaded + found
-    for seed, cell in todo:
+    for (seed, transfer_seed), cell in todo:
         if cell.config not in done:
             continue
         row = done[cell.config]
-        rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed, "run": row["run"],
-                     "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "n": row["n"]})
-    frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "run", "clean_acc", "robust_acc", "n"])
+        rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed,
+                     "transfer_seed": transfer_seed, "run": row["run"], "clean_acc": row["clean_acc"],
+                     "robust_acc": row["robust_acc"], "n": row["n"]})
+    frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "transfer_seed", "run", "clean_acc",
+                                        "robust_acc", "n"])
     summary = summarise(frame)
     from .data import load_dataset
     classes = load_dataset(preset.target_dataset, split="test").num_classes
@@ -135,20 +137,48 @@ def reproduce_cells(plan: str | Plan = "quick") -> list[GridCell]:
     evaluation, for ``grid.run_parallel`` or ``grid.commands``."""
     plan = get_plan(plan) if isinstance(plan, str) else plan
     evaluation = get_preset(plan.preset).evaluation
-    configs = dict.fromkeys(cell.config for seed in plan.seeds for cell in cells(plan, seed))
+    configs = dict.fromkeys(cell.config for pair in seed_pairs(plan) for cell in cells(plan, *pair))
     return [GridCell(config, (evaluation,)) for config in configs]
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation (over seeds, n-1 in the denominator; 0 for one seed) of every cell."""
+    """Mean and standard deviation (over runs, n-1 in the denominator; 0 for one run) of every cell, the number of
+    runs (``seeds``), and each run's value keyed by (teacher seed, transfer seed) (``clean_runs``, ``robust_runs``:
+    what the claims pair)."""
+    if "transfer_seed" not in rows:
+        rows = rows.assign(transfer_seed=rows["seed"])
     grouped = rows.groupby(["table", "row", "column"], sort=False)
     summary = grouped.agg(clean_mean=("clean_acc", "mean"), clean_std=("clean_acc", "std"),
                           robust_mean=("robust_acc", "mean"), robust_std=("robust_acc", "std"),
-                          seeds=("seed", "nunique")).reset_index()
+                          seeds=("robust_acc", "count")).reset_index()
+    for metric in ("clean", "robust"):
+        summary[f"{metric}_runs"] = [
+            {(int(s), int(t)): float(v) for s, t, v in zip(part["seed"], part["transfer_seed"], part[f"{metric}_acc"])}
+            for _, part in grouped]
     return summary.fillna({"clean_std": 0.0, "robust_std": 0.0})
+
+
+def spread_sources(rows: pd.DataFrame) -> pd.DataFrame:
+    """Where each table's robust-accuracy spread comes from: per table, the mean over its cells of the standard
+    deviation of the teacher seeds' means (``teacher_sd``) and of the transfer seeds within one teacher
+    (``transfer_sd``), in points, over cells with at least two of each."""
+    import pandas as pd
+    out = []
+    for (table, _, _), part in rows.groupby(["table", "row", "column"], sort=False):
+        by_teacher = part.groupby("seed")["robust_acc"]
+        if by_teacher.ngroups < 2 or by_teacher.size().min() < 2:
+            continue
+        out.append({"table": table, "teacher_sd": 100 * by_teacher.mean().std(),
+                    "transfer_sd": 100 * (by_teacher.var().mean() ** 0.5)})
+    if not out:
+        return pd.DataFrame(columns=["table", "teacher_sd", "transfer_sd", "cells"])
+    frame = pd.DataFrame(out)
+    return frame.groupby("table", sort=False).agg(teacher_sd=("teacher_sd", "mean"), transfer_sd=("transfer_sd", "mean"),
+                                                  cells=("teacher_sd", "size")).reset_index()
 
 
 __all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "Claim", "PAPER", "PLANS", "Plan", "RECIPES", "Reproduction",
            "SPLIT_SIZES", "Stat", "TABLES", "TITLES", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
-           "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "summarise",
+           "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "seed_pairs",
+           "spread_sources", "summarise",
            "write_markdown"]

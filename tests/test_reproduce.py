@@ -210,3 +210,38 @@ def test_a_cell_at_chance_is_no_evidence_for_a_claim():
     assert small.verdict == "holds"  # robust 20 % beats 10 % and 5 %: the CARTL cell learned nothing, though
     judged = [c for c in rp.claims(summary, plan, num_classes=5) if "less target data" in c.claim][0]
     assert judged.verdict == "not measured" and "2 left out" in judged.measured and "at chance" in judged.measured
+
+
+def _runs(values):
+    """A Stat of runs keyed by (teacher seed, transfer seed), in that order: (0, 0), (0, 1), (1, 0), (1, 1), ..."""
+    keys = [(t, s) for t in range(3) for s in range(2)][:len(values)]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return rp.Stat(mean, std, tuple(zip(keys, values)))
+
+
+def test_paired_comparisons_see_a_steady_gap_that_the_seeds_spread_hides():
+    # teachers differ a lot (0.3 vs 0.7), the method adds 0.02 to every run: unpaired, within the spread; paired, clear
+    base = [0.30, 0.31, 0.70, 0.71, 0.50, 0.49]
+    better = [v + 0.02 + 0.001 * i for i, v in enumerate(base)]
+    a, b = _runs(better), _runs(base)
+    assert rp.judge([(rp.Stat(a.mean, a.std), rp.Stat(b.mean, b.std))]) == ("holds partly", 0, 1)
+    assert rp.judge([(a, b)]) == ("holds", 1, 1)
+    noisy = _runs([v + d for v, d in zip(base, [0.05, -0.04, 0.03, -0.02, 0.04, -0.03])])
+    from cartl_kit.claims import judged
+    claim = judged("t", "noisy beats base", [(noisy, b)], "x")
+    assert claim.verdict == "holds partly" and "paired over 6 runs" in claim.measured
+    assert re.search(r"would need about \d+ paired runs", claim.measured)
+
+
+def test_spread_sources_tell_teacher_seeds_from_transfer_seeds():
+    rows = pd.DataFrame([dict(table="tradeoff", row="k = 1", column="vanilla", seed=t, transfer_seed=s,
+                              robust_acc=0.3 + 0.2 * t + 0.01 * s, clean_acc=0.9) for t in range(3) for s in range(2)])
+    found = rp.spread_sources(rows).iloc[0]
+    assert found.teacher_sd == pytest.approx(20.0) and found.transfer_sd == pytest.approx(0.707, abs=1e-3)
+    summary = rp.summarise(rows)
+    assert summary.seeds.iloc[0] == 6 and summary.robust_runs.iloc[0][(2, 1)] == pytest.approx(0.71)
+    plan = rp.get_plan("quick")
+    assert rp.seed_pairs(plan) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    cell = next(c for c in rp.cells(plan, 2, 1) if c.table == "lam_beta")
+    assert (cell.config.seed, cell.config.teacher.seed) == (1, 2)
