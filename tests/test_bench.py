@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("at_step.py", ["--archs", "wrn16_1", "--batch", "4", "--repeats", "1", "--bf16"], 3),
     ("eval_pgd.py", ["--n", "32", "--steps", "2", "--repeats", "1"], 3),
     ("transfer_epoch.py", ["--ks", "2", "--repeats", "1"], 1),
+    ("fashion_sizing.py", ["--batches", "1", "--repeats", "1", "--widths", "wrn16_1"], 1),
 ])
 def test_benchmark_runs_and_writes_its_table(tmp_path, script, args, rows):
     env = {**os.environ, "CARTL_BENCH_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
