@@ -32,8 +32,9 @@ from .measure import measure, measure_split  # noqa: F401  (measure: also the ru
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, INTERPOLATION_PREFIX, MODEL_FILE,  # noqa: F401
-                    SHIPPED_RUNS, Config, RunError, check_root, environment, find_run, is_finished, is_shipped, load_tensors, locked, read_config,
-                    read_history, read_metrics, remove_temporaries, run_path, runs_root, save_tensors, write_json)
+                    SHIPPED_RUNS, Config, RunError, check_root, environment, find_run, is_finished, is_shipped,
+                    load_tensors, locked, read_config, read_history, read_metrics, remove_temporaries, run_path,
+                    runs_root, save_tensors, write_json)
 from .runtime import default_device
 from .train import Batches, StepFn, adversarial_step, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student
