@@ -162,7 +162,7 @@ def _ids(x: torch.Tensor, n: int) -> list[int]:
 
 def test_list_datasets_names_with_one_line_each():
     listing = list_datasets()
-    assert set(listing) == {"mnist5k", "digits", "fashion", "cifar10", "cifar100", "svhn", "gtsrb"}
+    assert set(listing) == {"mnist5k", "digits", "digits28", "fashion", "cifar10", "cifar100", "svhn", "gtsrb"}
     for description in listing.values():
         assert description and "\n" not in description
 
