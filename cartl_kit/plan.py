@@ -111,8 +111,16 @@ def small_column(fraction: float) -> str:
 def small_data(config: TransferConfig, fraction: float) -> TransferConfig:
     """``config`` on ``fraction`` of its target's training set (a seeded stratified subset), trained for as many
     SGD steps as on the full set (as near as whole epochs allow; the schedule stretches with the epochs). The
-    steps are counted on the two training splits when their data is at hand, else epochs × 1 / fraction."""
-    dataset = f"{config.dataset}@{100 * fraction:g}%"
+    steps are counted on the two training splits when their data is at hand, else epochs × 1 / fraction. A target
+    that is already a subset shrinks by ``fraction``: ``fashion[5-9]@20%`` at 50 % is ``fashion[5-9]@10%``,
+    ``mnist5k[5-9]@100/class`` is ``@50/class``."""
+    from .data import parse_name
+    name = parse_name(config.dataset)
+    if name.per_class is not None:
+        name = dataclasses.replace(name, per_class=max(1, round(name.per_class * fraction)))
+    else:
+        name = dataclasses.replace(name, fraction=fraction * (1.0 if name.fraction is None else name.fraction))
+    dataset = str(name)
     full, small = (_batches_per_epoch(name, config.optim.batch_size) for name in (config.dataset, dataset))
     scale = full / small if full and small else 1 / fraction
     optim = dataclasses.replace(config.optim, epochs=max(1, round(config.optim.epochs * scale)))

@@ -197,6 +197,21 @@ def test_small_data_cells_keep_the_paper_fractions_and_the_full_sets_sgd_steps()
         rp.Plan(small_fractions=(1.5,))
 
 
+def test_small_data_of_a_target_that_is_already_a_subset_shrinks_that_subset():
+    import dataclasses
+
+    from cartl_kit.config import get_preset
+    from cartl_kit.plan import small_data
+    preset = get_preset("smoke")
+    full = preset.transfer(preset.source("at"), "tl")
+    for target, fraction, expected in [("digits[5-9]", 0.5, "digits[5-9]@50%"),
+                                       ("digits[5-9]@40%", 0.5, "digits[5-9]@20%"),
+                                       ("digits[5-9]@100/class", 0.2, "digits[5-9]@20/class")]:
+        small = small_data(dataclasses.replace(full, dataset=target), fraction)
+        assert small.dataset == expected
+        assert small.optim.epochs > full.optim.epochs  # the same steps on fewer images: more epochs
+
+
 def test_a_cell_at_chance_is_no_evidence_for_a_claim():
     from cartl_kit.plan import PLANS
     plan = PLANS["smoke"]
