@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-WIDTHS = ("wrn16_1", "wrn16_2", "wrn16_4")
+WIDTHS = ("wrn16_1", "wrn16_4")
 
 
 def main() -> None:

@@ -395,6 +395,20 @@ PRESETS: dict[str, Preset] = {
         transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
         k=4, lam=0.01, beta=0.6,
     ),
+    # CPU quarter-hours, harder: Fashion-MNIST 0-4 (T-shirt, trouser, pullover, dress, coat) -> 5-9 (sandal, shirt,
+    # sneaker, bag, ankle boot), eps 0.1. Sized by bench/fashion_sizing.py (2026-12-07, 2 cores): WRN-16-1 adversarially
+    # trains 157 img/s (WRN-16-4: 18), so 2,000 images per class for 8 epochs is about 9 minutes for an AT teacher
+    # and 11 for an FDM one; the target is 20 % of its training set (1,200 per class); the ensemble runs on a seeded
+    # sample of 500 of the 5,000 test images.
+    "fashion": Preset(
+        name="fashion", arch="wrn16_1", source_dataset="fashion[0-4]@2000/class", target_dataset="fashion[5-9]@20%",
+        train_attack=AttackConfig(eps=0.1, step_size=0.025, steps=7),
+        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.01, steps=20), method="ensemble",
+                              max_examples=500),
+        source_optim=OptimConfig(epochs=8, batch_size=64, milestones=(0.5, 0.75)),
+        transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
+        k=4, lam=0.01, beta=0.6,
+    ),
     # Seconds: scikit-learn's 8x8 digits 0-4 -> 5-9, one epoch, PGD-2; for tests and trying commands, not results.
     "smoke": Preset(
         name="smoke", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",

@@ -33,6 +33,7 @@ SHIPPED_TEACHERS: dict[str, tuple[tuple[str, int | None, float | None], ...]] = 
               ("fdm", 4, 0.003), ("fdm", 4, 0.01), ("fdm", 4, 0.03),
               ("fdm", 2, 0.01), ("fdm", 3, 0.01), ("fdm", 5, 0.01),
               ("fdm-rel", 4, 0.01)),  # the scale-invariant FDM (not the paper's), for notebook 03's masking study
+    "fashion": (("at", None, None), ("fdm", 4, 0.01)),
 }
 FROM_SCRATCH_DIR = "from-scratch"  # where demo(from_scratch=True) keeps its runs, apart from students of shipped teachers
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from .config import SourceConfig, TransferConfig, get_preset
@@ -90,6 +91,10 @@ PLANS: dict[str, Plan] = {
     # Seconds, for tests and for trying the command: 8x8 digits, one epoch, PGD-2 training.
     "smoke": Plan(preset="smoke", seeds=(0, 1), transfer_seeds=(0,), tradeoff_ks=(1, 4, 8), bn_ks=(4,),
                   grid_ks=(3, 4), betas=(1.0, 0.4), small_fractions=(0.5,)),
+    # Fashion-MNIST 0-4 -> 5-9 (the fashion preset): fewer cells than quick, as its teachers cost about ten CPU
+    # minutes each: 3 teacher seeds x 2 transfer seeds, 9 teachers, 120 transfers.
+    "fashion": Plan(preset="fashion", tradeoff_ks=(1, 2, 4, 6, 8), bn_ks=(4,), grid_ks=(4,), betas=(1.0, 0.4),
+                    small_fractions=(0.5, 0.1)),
     # The paper's scale (for the recipes; it needs a GPU and days).
     "paper": Plan(preset="paper", tradeoff_ks=tuple(range(1, 18)), bn_ks=(8,), grid_ks=(4, 6, 8), lams=(0.01, 0.005),
                   ablation_lam=0.005, baseline_k=8, lwf_k=17),
@@ -121,20 +126,27 @@ def small_data(config: TransferConfig, fraction: float) -> TransferConfig:
     else:
         name = dataclasses.replace(name, fraction=fraction * (1.0 if name.fraction is None else name.fraction))
     dataset = str(name)
-    full, small = (_batches_per_epoch(name, config.optim.batch_size) for name in (config.dataset, dataset))
+    full, small = (_batches_per_epoch(each, config.optim.batch_size) for each in (config.dataset, dataset))
     scale = full / small if full and small else 1 / fraction
     optim = dataclasses.replace(config.optim, epochs=max(1, round(config.optim.epochs * scale)))
     return dataclasses.replace(config, dataset=dataset, optim=optim)
 
 
+_EPOCH_BATCHES: dict[tuple[str, int, str], int] = {}  # found sizes, per data root (a table reads each set once)
+
+
 def _batches_per_epoch(dataset: str, batch_size: int) -> int | None:
     """Batches per epoch of ``dataset``'s training split; None when its data is not on this machine."""
-    from .data import load_dataset
-    try:
-        size = len(load_dataset(dataset, split="train", download=False))
-    except (OSError, ValueError):
-        return None
-    return math.ceil(size / batch_size)
+    from .data import data_root, load_dataset
+    from .fashion import FOLDER_ENV_VAR
+    key = (dataset, batch_size, f"{data_root(None)}|{os.environ.get(FOLDER_ENV_VAR, '')}")
+    if key not in _EPOCH_BATCHES:
+        try:
+            size = len(load_dataset(dataset, split="train", download=False))
+        except (OSError, ValueError):
+            return None
+        _EPOCH_BATCHES[key] = math.ceil(size / batch_size)
+    return _EPOCH_BATCHES[key]
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,14 @@ def test_the_real_debian_package(monkeypatch):
     x = as_float(train.images)
     (mean,), (std,) = dataset_stats("fashion")
     assert mean == pytest.approx(x.mean().item(), abs=1e-5) and std == pytest.approx(x.std(unbiased=False).item(), abs=1e-5)
+
+
+def test_the_fashion_plan_is_nine_teachers_and_its_small_data_shrinks_the_target_subset():
+    """`reproduce --preset fashion`: 3 teacher x 2 transfer seeds, 9 teachers, 120 transfers; the small-data
+    columns are 50 % and 10 % of the preset's target set (itself 20 % of Fashion-MNIST 5-9's training images)."""
+    from cartl_kit.plan import cells, get_plan, seed_pairs
+    plan = get_plan("fashion")
+    everything = [cell for seed, transfer_seed in seed_pairs(plan) for cell in cells(plan, seed, transfer_seed)]
+    assert len({c.config.teacher for c in everything}) == 9 and len({c.config for c in everything}) == 120
+    small = {c.column: c.config.dataset for c in everything if c.table == "baselines"}
+    assert small == {"full": "fashion[5-9]@20%", "50 %": "fashion[5-9]@10%", "10 %": "fashion[5-9]@2%"}

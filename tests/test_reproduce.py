@@ -35,7 +35,7 @@ def test_plan_refuses_impossible_settings():
         rp.Plan(seeds=(0, 0))
     with pytest.raises(ValueError, match="ablation_lam must be one of lams"):
         rp.Plan(ablation_lam=0.5)
-    with pytest.raises(ValueError, match="unknown reproduction plan 'huge'; choose one of quick, smoke, paper"):
+    with pytest.raises(ValueError, match="unknown reproduction plan 'huge'; choose one of quick, smoke, fashion, paper"):
         rp.get_plan("huge")
 
 

@@ -69,7 +69,7 @@ def test_hash_depends_on_every_field_and_on_the_teacher():
     (lambda: tiny_transfer(bn_case="frozen"), "unknown BatchNorm case 'frozen'"),
     (lambda: tiny_transfer(method="ft"), "unknown transfer method 'ft'"),
     (lambda: cfg.SourceConfig(dataset="digits", arch="wrn99"), "unknown architecture 'wrn99'"),
-    (lambda: cfg.get_preset("huge"), "unknown preset 'huge'; choose one of quick, shift, smoke, paper"),
+    (lambda: cfg.get_preset("huge"), "unknown preset 'huge'; choose one of quick, shift, fashion, smoke, paper"),
 ])
 def test_bad_configs_fail_on_construction(make, message):
     with pytest.raises(ValueError, match=message):
