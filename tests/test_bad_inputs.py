@@ -184,7 +184,7 @@ def _one_clean_line(text: str, pattern: str) -> None:
 def place(tmp_path, monkeypatch):
     """A test folder with a runs folder holding a copy of a shipped run, a plain file, no GPU, and cwd inside."""
     runs = tmp_path / "runs"
-    shipped = next(SHIPPED.glob("at-wrn16_1-*"))
+    shipped = next(SHIPPED.glob("at-wrn16_1-mnist5k*"))
     run = shutil.copytree(shipped, runs / shipped.name)  # a run of one's own: evaluate may write to it
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.chdir(tmp_path)

@@ -91,7 +91,7 @@ def test_an_fdm_teacher_takes_the_students_k_unless_told():
 
 
 def test_evaluate_any_iterate_is_its_own_evaluation_and_never_higher(cli):
-    teacher = next(SHIPPED_RUNS.glob("at-wrn16_1-*"))
+    teacher = next(SHIPPED_RUNS.glob("at-wrn16_1-mnist5k*"))
     common = (str(teacher), "-n", "60", "--steps", "5", "--eps", "0.4", "--json")
     final, fast = (json.loads(cli("evaluate", *common, *extra).stdout) for extra in ((), ("--any-iterate",)))
     assert final["attack"] == "pgd_linf" and fast["attack"] == "pgd_linf_any" and final["n"] == fast["n"] == 60
@@ -108,7 +108,7 @@ def test_evaluate_names_its_attack_and_the_convergence_report_refuses_a_weak_ens
     ensemble is not converged on the masked FDM teacher (large-step PGD beats it) and stores the verdict."""
     import shutil
     shipped = SHIPPED_RUNS
-    at, fdm = (next(shipped.glob(pattern)) for pattern in ("at-wrn16_1-*", "fdm-k4-lam0.01-*"))
+    at, fdm = (next(shipped.glob(pattern)) for pattern in ("at-wrn16_1-mnist5k*", "fdm-k4-lam0.01-wrn16_1-mnist5k*"))
     copy = tmp_path / fdm.name  # a copy the CLI may write to (shipped runs stay read-only)
     shutil.copytree(fdm, copy)
     out = cli("evaluate", str(at), "--preset", "smoke", "--eps", "0.3", "-n", "40")
