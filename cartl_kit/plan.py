@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 
 from .config import SourceConfig, TransferConfig, get_preset
@@ -132,21 +131,14 @@ def small_data(config: TransferConfig, fraction: float) -> TransferConfig:
     return dataclasses.replace(config, dataset=dataset, optim=optim)
 
 
-_EPOCH_BATCHES: dict[tuple[str, int, str], int] = {}  # found sizes, per data root (a table reads each set once)
-
-
 def _batches_per_epoch(dataset: str, batch_size: int) -> int | None:
     """Batches per epoch of ``dataset``'s training split; None when its data is not on this machine."""
-    from .data import data_root, load_dataset
-    from .fashion import FOLDER_ENV_VAR
-    key = (dataset, batch_size, f"{data_root(None)}|{os.environ.get(FOLDER_ENV_VAR, '')}")
-    if key not in _EPOCH_BATCHES:
-        try:
-            size = len(load_dataset(dataset, split="train", download=False))
-        except (OSError, ValueError):
-            return None
-        _EPOCH_BATCHES[key] = math.ceil(size / batch_size)
-    return _EPOCH_BATCHES[key]
+    from .data import load_dataset
+    try:
+        size = len(load_dataset(dataset, split="train", download=False))
+    except (OSError, ValueError):
+        return None
+    return math.ceil(size / batch_size)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""Shared fixtures: real 8x8 digits (scikit-learn ships them) and two small models trained on them."""
+"""Shared fixtures: real 8x8 digits (scikit-learn ships them), two small models trained on them, and Debian's
+Fashion-MNIST where a test needs the real files."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -15,6 +18,18 @@ def pytest_configure(config):
     """Register the ``slow`` marker (tests that take more than about 15 s) unless the configuration already does."""
     if not any(line.split(":")[0].strip() == "slow" for line in config.getini("markers")):
         config.addinivalue_line("markers", "slow: takes more than about 15 s (deselect with -m 'not slow')")
+
+
+@pytest.fixture
+def debian_fashion(monkeypatch):
+    """Debian's full Fashion-MNIST (`apt-get install dataset-fashion-mnist`), read from its system folder: a failure
+    under CI (.ci/run installs it), a skip elsewhere when it is missing."""
+    from cartl_kit import fashion
+    monkeypatch.delenv(fashion.FOLDER_ENV_VAR, raising=False)
+    if not (fashion.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's dataset-fashion-mnist (.ci/run): apt-get install dataset-fashion-mnist")
+        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
 
 
 class Batches:

@@ -139,13 +139,13 @@ SHIPPED = [(name, config) for name in experiments.SHIPPED_TEACHERS
 
 
 @pytest.mark.parametrize("preset_name, config", SHIPPED, ids=[c.slug for _, c in SHIPPED])
-def test_shipped_teacher_reproduces_its_recorded_accuracy(preset_name, config):
+def test_shipped_teacher_reproduces_its_recorded_accuracy(preset_name, config, request):
     """Each shipped teacher (quick and fashion presets) ships its headline (ensemble) evaluation, consistent with
     the examples it names, never above its PGD-20; evaluated again now under PGD-20, it matches its metrics.json
     within a point (the ensemble's own reproducibility is tested on small models in test_ensemble.py: here it
     would cost minutes). The fashion teachers need Debian's Fashion-MNIST, which CI installs."""
     if preset_name == "fashion":
-        _needs_fashion()
+        request.getfixturevalue("debian_fashion")
     preset = cfg.get_preset(preset_name)
     path = runs.find_run(config)
     assert path is not None and runs.is_shipped(path), \
@@ -166,17 +166,6 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy(preset_name, config):
     assert again["n"] == recorded["n"]
     assert abs(again["clean_acc"] - recorded["clean_acc"]) <= 0.01
     assert abs(again["robust_acc"] - recorded["robust_acc"]) <= 0.01
-
-
-def _needs_fashion():
-    from cartl_kit.data import load_dataset
-    from cartl_kit.paper_data import DatasetNotAvailable
-    try:
-        load_dataset("fashion[0-4]", split="test", download=False)
-    except DatasetNotAvailable as missing:
-        if os.environ.get("CI"):
-            raise  # CI installs Debian's dataset-fashion-mnist: missing there is a failure, not a skip
-        pytest.skip(str(missing))
 
 
 def test_run_row_replays_a_loaded_runs_history_into_the_callback(demo_root):

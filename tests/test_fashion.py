@@ -50,6 +50,23 @@ def test_a_system_folder_is_found_without_a_download(tmp_path, monkeypatch):
     assert len(load_dataset("fashion", split="train", root=tmp_path / "empty", download=False)) == 30
 
 
+def test_a_file_is_unzipped_once_and_read_again_when_it_changes(tmp_path, no_system_copy, monkeypatch):
+    folder = tmp_path / "FashionMNIST" / "raw"
+    first = _write(folder, "test")
+    opened = []
+    real_open = gzip.open
+    monkeypatch.setattr(fashion.gzip, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    for _ in range(3):
+        data = load_dataset("fashion[0-4]", split="test", root=tmp_path, download=False)
+    assert len(opened) == 2 and (data.images[:, 0].numpy() == first[np.arange(30) % 10 < 5]).all()  # images, labels
+    images = folder / "t10k-images-idx3-ubyte.gz"
+    changed = np.full((30, 28, 28), 7)
+    images.write_bytes(gzip.compress(_idx(changed)))
+    os.utime(images, ns=(images.stat().st_atime_ns, images.stat().st_mtime_ns + 10**9))  # a new time, whatever the clock
+    again = load_dataset("fashion", split="test", root=tmp_path, download=False)
+    assert (again.images == 7).all() and len(opened) == 3  # only the changed file was read again
+
+
 def test_missing_files_say_how_to_get_them(tmp_path, no_system_copy):
     with pytest.raises(DatasetNotAvailable, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion", split="train", root=tmp_path, download=False)
@@ -65,12 +82,7 @@ def test_a_damaged_file_is_refused_in_one_line(tmp_path, no_system_copy, payload
         load_dataset("fashion", split="test", root=tmp_path, download=False)
 
 
-def test_the_real_debian_package(monkeypatch):
-    monkeypatch.delenv(fashion.FOLDER_ENV_VAR, raising=False)
-    if not (fashion.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file():
-        if os.environ.get("CI"):
-            pytest.fail("CI installs Debian's dataset-fashion-mnist (.ci/run): apt-get install dataset-fashion-mnist")
-        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_the_real_debian_package(debian_fashion):
     train = load_dataset("fashion", split="train", download=False, verify=True)
     test = load_dataset("fashion", split="test", download=False, verify=True)
     assert (len(train), len(test)) == (60_000, 10_000) and train.class_counts() == [6000] * 10
