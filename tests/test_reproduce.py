@@ -52,7 +52,7 @@ def test_tables_share_their_runs():
     assert all(cell.config.seed == 1 and cell.config.teacher.seed == 1 for cell in cells)
     unique = {config_hash(c.config) for c in cells}
     teachers = {config_hash(c.config.teacher) for c in cells}
-    assert (len(cells), len(unique), len(teachers)) == (8 + 8 + 18 + 9 + 3 + 3 * 3, 45, 7)
+    assert (len(cells), len(unique), len(teachers)) == (5 + 4 + 4 + 3 + 3 + 3 * 3, 23, 3)
 
 
 def _summary(plan, clean, robust):
