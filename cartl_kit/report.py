@@ -17,6 +17,7 @@ from .config import EvalConfig, Preset, get_preset
 from .models import ARCHITECTURES
 from .paper_results import ABLATION, BASELINES, BN_ABLATION, BN_CASE_LABELS, LAM_BETA, row_text
 from .plan import BN_LABELS, TABLES, Plan, small_column, small_data
+from .provenance import describe
 from .recipes import recipes_markdown
 
 if TYPE_CHECKING:
@@ -109,8 +110,9 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
              f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('torch_threads')} torch threads"
              + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; torch {m.get('torch')}, Python {m.get('python')}",
              f"- date: {m.get('date')}",
-             f"- run time: {result.seconds / 60:.1f} min ({result.trained} transfers trained, {result.loaded} loaded; "
-             f"{result.teachers_trained} of {result.teachers} teachers trained)",
+             f"- this invocation: {result.seconds / 60:.1f} min ({result.trained} transfers trained, {result.loaded} "
+             f"loaded; {result.teachers_trained} of {result.teachers} teachers trained)",
+             *[f"- {describe(p, what)}" for what, p in result.provenance.items()],
              f"- setting: {preset.arch}, source `{preset.source_dataset}` → target `{preset.target_dataset}`; "
              f"training PGD-{preset.train_attack.steps} ε = {preset.train_attack.eps:.4g}; robust accuracy under "
              f"{_attack_words(preset.evaluation)} on the target's test split; "

@@ -28,6 +28,7 @@ from .claims import Claim, Stat, at_chance, claims, judge
 from .config import config_hash, get_preset
 from .grid import Cell as GridCell, check_jobs, run_parallel
 from .params import check_report_path
+from .provenance import Provenance, summarise as provenance_of
 from .plan import BN_CASES_2X2, BN_LABELS, PLANS, TABLES, Cell, Plan, cells, get_plan, seed_pairs
 from .recipes import RECIPES, SPLIT_SIZES, measured_gpu_rates, recipe_flops, recipes_markdown
 from .report import PAPER, TITLES, figures, pivot, write_markdown
@@ -54,6 +55,7 @@ class Reproduction:
     command: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # runs not in the store, or not evaluated (``train=False``)
+    provenance: dict[str, Provenance] = field(default_factory=dict)  # "transfers", "teachers": when and by what code
 
 
 def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None = None,
@@ -110,6 +112,9 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
         rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed,
                      "transfer_seed": transfer_seed, "run": row["run"], "clean_acc": row["clean_acc"],
                      "robust_acc": row["robust_acc"], "n": row["n"]})
+    folders = lambda configs: [p for p in (find_run(c, root, shipped=shipped) for c in configs) if p]  # noqa: E731
+    provenance = {"transfers": provenance_of(folders(done)),
+                  "teachers": provenance_of(folders(dict.fromkeys(c.teacher for c in done)))}
     frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "transfer_seed", "run", "clean_acc",
                                         "robust_acc", "n"])
     summary = summarise(frame)
@@ -119,7 +124,8 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
                           seconds=time.perf_counter() - started, trained=trained, loaded=loaded,
                           teachers_trained=sum(teachers.values()) if train else 0, teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
-                          machine=machine(), missing=[f"{c.slug}-{config_hash(c)}" for c in missing])
+                          machine=machine(), missing=[f"{c.slug}-{config_hash(c)}" for c in missing],
+                          provenance=provenance)
     if path is not None:
         result.report = write_markdown(result, path, gpu_rates=gpu_rates)
     return result

@@ -207,6 +207,8 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
             trained, batches = TunedTail(model, k=config.k), CachedFeatures(loader, features)
     step = _step_for(config, teacher, generator=attack_rng, world_size=world.world_size if world else 1)
     env = environment(device)
+    if start > 1:  # resumed: the epochs before ran in another process (and perhaps by other code)
+        env.update(resumed_after_epoch=start - 1)
     if world is not None:  # DDP (see cartl_kit.distributed): shards of one global batch, losses weighted
         if isinstance(config, SourceConfig) and config.method in FDM_METHODS:
             distributed.check_shards(len(train_data), optim.batch_size, world.world_size)

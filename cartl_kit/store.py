@@ -360,11 +360,15 @@ def _is_real(value) -> TypeGuard[float]:
 
 
 def environment(device: torch.device) -> dict:
-    """A run's ``env.json``: the machine (``machine()``), the library versions and the device it trained on."""
+    """A run's ``env.json``: the machine (``machine()``), the library versions, the kit's git commit
+    (``provenance.code_version``, when it is a checkout) and the device it trained on."""
     import numpy
     import torchvision
+
+    from .provenance import code_version
     info = machine()
-    info.update({"cartl_kit": __version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+    info.update({"cartl_kit": __version__, "commit": code_version(), "torchvision": torchvision.__version__,
+                 "numpy": numpy.__version__,
                  "device": str(device),
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else info["cpu"]})
     return info

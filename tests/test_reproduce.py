@@ -109,7 +109,9 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     text = report.read_text()
     for title in rp.TITLES.values():
         assert f"## {title}" in text
-    assert "command: `python -m cartl_kit reproduce --preset smoke" in text and "run time:" in text
+    assert "command: `python -m cartl_kit reproduce --preset smoke" in text and "this invocation:" in text
+    made = re.findall(r"^- \d+ (?:transfers|teachers) made here, finished .*$", text, flags=re.M)
+    assert len(made) == 2 and all(re.search(r"by kit commit \w+|the kit's commit not recorded", m) for m in made)
     verdicts = re.findall(r"^\d+\. .* \*\*(holds|holds partly|does not hold here|not measured)\*\*\.$", text, flags=re.M)
     assert len(verdicts) == 14
     assert "python -m cartl_kit sweep --preset paper" in text
@@ -118,6 +120,8 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     rendered = subprocess.run(args + ["--report-only"], capture_output=True, text=True, timeout=300)
     assert rendered.returncode == 0 and "left out" not in rendered.stdout and "Incomplete" not in report.read_text()
     assert re.findall(r"^\d+\. .*$", report.read_text(), flags=re.M) == re.findall(r"^\d+\. .*$", text, flags=re.M)
+    # rendered again without training, the report still says when and by which code its runs were made
+    assert re.findall(r"^- \d+ (?:transfers|teachers) made here, .*$", report.read_text(), flags=re.M) == made
 
 
 def test_reproduce_refuses_a_wrong_preset_in_one_line(tmp_path):

@@ -106,6 +106,8 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(trained_r
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert straight.history[-1]["loss"] == resumed.history[-1]["loss"]
+    env = lambda run: json.loads((run.path / "env.json").read_text())  # noqa: E731
+    assert env(resumed)["resumed_after_epoch"] == 1 and "resumed_after_epoch" not in env(straight)
 
 
 def test_evaluations_are_cached_and_tabulated(trained_root, tmp_path, monkeypatch):
