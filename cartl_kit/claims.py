@@ -39,6 +39,11 @@ class Stat:
 Pair = tuple[Stat | None, Stat | None]  # (a, b) for "a > b"; None where a cell was not measured
 
 
+def shown(stat: Stat | None) -> str:
+    """A cell's statistic for a sentence: ``"97.2 ± 0.3 %"``, or ``"–"`` where the cell was not measured."""
+    return "–" if stat is None else str(stat)
+
+
 @dataclass(frozen=True)
 class Claim:
     """One of the paper's claims, what was measured, and the verdict."""
@@ -146,9 +151,9 @@ def tradeoff_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     clean = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "clean") for k in ks]
     robust = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "robust") for k in ks]
     return [judged("tradeoff", "Accuracy rises with k (poster)", list(zip(clean[1:], clean[:-1])),
-                   f"clean {clean[0]} at k = {ks[0]} → {clean[-1]} at k = {ks[-1]}"),
+                   f"clean {shown(clean[0])} at k = {ks[0]} → {shown(clean[-1])} at k = {ks[-1]}"),
             judged("tradeoff", "Robustness falls as k grows (poster)", list(zip(robust[:-1], robust[1:])),
-                   f"robust {robust[0]} at k = {ks[0]} → {robust[-1]} at k = {ks[-1]}")]
+                   f"robust {shown(robust[0])} at k = {ks[0]} → {shown(robust[-1])} at k = {ks[-1]}")]
 
 
 def batchnorm_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
@@ -160,7 +165,7 @@ def batchnorm_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
         r = {case: cell_stat(summary, "batchnorm", f"k = {k}", case, "robust") for case in BN_CASES_2X2}
         reuse += [(r["train-reuse"], r["train-update"]), (r["vanilla"], r["freeze-update"])]
         best += [(r["vanilla"], r[case]) for case in BN_CASES_2X2[:3]]
-        parts.append(f"k = {k}: " + ", ".join(f"{BN_LABELS[c]} {r[c]}" for c in BN_CASES_2X2))
+        parts.append(f"k = {k}: " + ", ".join(f"{BN_LABELS[c]} {shown(r[c])}" for c in BN_CASES_2X2))
     return [judged("batchnorm", "Reusing the teacher's BatchNorm statistics in the extractor gives more robustness "
                    "than updating them (§11.1, every pair)", reuse, "robust: " + "; ".join(parts)),
             judged("batchnorm", "Freezing the sub-model's BatchNorm affine parameters and reusing the statistics "
@@ -187,7 +192,7 @@ def lam_beta_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
             row = f"k = {k}, λ = {lam:g}"
             lo, hi = s(row, f"β = {lo_beta:g}", "robust"), s(row, f"β = {hi_beta:g}", "robust")
             beta_pairs.append((lo, hi))
-            beta_text.append(f"{row}: {hi} → {lo}")
+            beta_text.append(f"{row}: {shown(hi)} → {shown(lo)}")
             c_lo, c_hi = s(row, f"β = {lo_beta:g}", "clean"), s(row, f"β = {hi_beta:g}", "clean")
             if c_lo and c_hi:  # "within one point": 0.01 - |difference| > 0
                 flat.append((Stat(0.01 - abs(c_lo.mean - c_hi.mean), math.hypot(c_lo.std, c_hi.std)), Stat(0.0, 0.0)))
@@ -201,7 +206,7 @@ def lam_beta_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
                    f"{lo_beta:g})", beta_pairs, "robust " + "; ".join(beta_text)),
             judged("lam_beta", f"Accuracy stays within about one point as β falls from {hi_beta:g} to {lo_beta:g} "
                    "(§11.2)", flat,
-                   "clean accuracy changes by " + ", ".join(f"{c:+.1f}" for c in changes) + " points"),
+                   "clean accuracy changes by " + (", ".join(f"{c:+.1f}" for c in changes) or "–") + " points"),
             judged("lam_beta", f"A smaller FDM weight λ ({small_lam:g} against {big_lam:g}) helps robustness "
                    "(poster)", lam_rob, f"{len(lam_rob)} (k, β) cells compared"),
             judged("lam_beta", "… but costs a little accuracy (poster)", lam_acc,
@@ -222,13 +227,13 @@ def ablation_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
         fdm_gain.append((cartl, neft))
         acc_gain.append((cell_stat(summary, "ablation", "AT+FDM → NEFT", col, "clean"),
                          cell_stat(summary, "ablation", "AT → TL", col, "clean")))
-        text.append(f"{col}: TL {tl}, NEFT {neft}, FDM+NEFT {cartl}")
+        text.append(f"{col}: TL {shown(tl)}, NEFT {shown(neft)}, FDM+NEFT {shown(cartl)}")
     return [judged("ablation", f"NEFT (β = {plan.ablation_beta:g}) adds robustness to vanilla transfer (§11.3)",
                    neft_gain, "robust " + "; ".join(text)),
             judged("ablation", f"An FDM-trained source (λ = {plan.ablation_lam:g}) adds robustness on top of NEFT "
                    "(§11.3)", fdm_gain, "see the row above"),
             judged("ablation", "CARTL (FDM + NEFT) is also more accurate than vanilla transfer (§11.3)", acc_gain,
-                   ", ".join(f"k = {k}: {a} against {b}" for k, (a, b) in zip(plan.grid_ks, acc_gain)))]
+                   ", ".join(f"k = {k}: {shown(a)} against {shown(b)}" for k, (a, b) in zip(plan.grid_ks, acc_gain)))]
 
 
 def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
@@ -239,7 +244,7 @@ def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
                 for m in ("LwF", "vanilla", "CARTL")}
 
     def text(b: dict) -> str:
-        return ", ".join(f"{m} {b[m][0] or '–'} / {b[m][1] or '–'}" for m in b)
+        return ", ".join(f"{m} {shown(b[m][0])} / {shown(b[m][1])}" for m in b)
 
     full = cells("full")
     out = [judged("baselines", "CARTL is more robust than vanilla transfer and LwF on the full target set (§11.4)",
@@ -268,5 +273,5 @@ def claims(summary: pd.DataFrame, plan: Plan, *, num_classes: int | None = None)
             *ablation_claims(summary, plan), *baseline_claims(summary, plan)]
 
 
-__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat",
+__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat", "shown",
            "claims", "judge", "judged", "lam_beta_claims", "paired", "tradeoff_claims"]

@@ -102,6 +102,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     missing = len(rp.reproduce_cells("smoke"))
     assert f"left out of the report: {missing} runs" in empty.stdout and "0 of 10 teachers trained" in empty.stdout
     assert f"**Incomplete:** rendered from the runs store without training; {missing} run(s)" in report.read_text()
+    assert "None" not in report.read_text(), "a cell not measured reads '–'"
     assert not any((tmp_path / "runs").glob("*/model.pt")), "--report-only trains nothing"
     first = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
