@@ -1,6 +1,7 @@
 """The reproduction's report: its five tables beside the paper's numbers, the claims, the setting, the recipes.
 
-``write_markdown(result, path)`` writes the Markdown report of a ``reproduce.Reproduction``; ``pivot`` lays one
+``write_markdown(result, path)`` writes the Markdown report of a ``reproduce.Reproduction`` (and its numbers as
+JSON beside it); ``pivot`` lays one
 table of the summary out as the paper does, ``PAPER`` states the paper's numbers for each table (built from
 ``paper_results``, never typed here), and ``figures`` draws the trade-off in k and every cell's clean against
 robust accuracy. The full-scale recipes come from ``recipes.recipes_markdown`` with the GPU rates the caller gives.
@@ -98,10 +99,31 @@ def _attack_words(evaluation: EvalConfig) -> str:
             f"{'final' if evaluation.mode == 'final' else 'any'} iterate)")
 
 
+def numbers_path(path: Path) -> Path:
+    """Where a report's numbers go beside it: ``reports/reproduction-quick.md`` -> ``reproduction-quick.json``."""
+    return path.with_suffix(".json") if path.suffix != ".json" else path.with_suffix(".numbers.json")
+
+
+def report_numbers(result: Reproduction) -> dict:
+    """What the report says, as data: the plan, the attack, the claims with their verdicts, every cell's mean and
+    spread, the runs' provenance, what is missing (read by ``tools/readme_results.py`` for the README)."""
+    import dataclasses
+    import json
+    preset = get_preset(result.plan.preset)
+    return {"preset": result.plan.preset, "command": result.command, "machine": result.machine,
+            "seconds": round(result.seconds, 1), "plan": dataclasses.asdict(result.plan),
+            "attack": preset.evaluation.label, "eps": preset.evaluation.attack.eps,
+            "claims": [dataclasses.asdict(claim) for claim in result.claims],
+            "summary": json.loads(result.summary.to_json(orient="records")),
+            "provenance": {what: dataclasses.asdict(p) for what, p in result.provenance.items()},
+            "missing": result.missing}
+
+
 def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tuple[float, str]] | None = None) -> Path:
     """The report: command, machine, date, run time; the five tables beside the paper's; the claims; the
-    full-scale recipes. Written atomically (complete or absent)."""
-    from .store import atomic_write
+    full-scale recipes. Written atomically (complete or absent), with its numbers as JSON beside it
+    (``numbers_path``, ``report_numbers``)."""
+    from .store import atomic_write, write_json
     plan, preset = result.plan, get_preset(result.plan.preset)
     m = result.machine
     lines = [f"# CARTL reproduction — preset `{plan.preset}`", "",
@@ -172,6 +194,7 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
         Path(tmp).write_text(text, encoding="utf-8")
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(numbers_path(path), report_numbers(result))
     atomic_write(path, write)
     return path
 
@@ -212,4 +235,5 @@ def figures(result: Reproduction) -> list[go.Figure]:
     return [tradeoff, scatter]
 
 
-__all__ = ["PAPER", "REPORTED_BN_SETTINGS", "TITLES", "figures", "pivot", "write_markdown"]
+__all__ = ["PAPER", "REPORTED_BN_SETTINGS", "TITLES", "figures", "numbers_path", "pivot", "report_numbers",
+           "write_markdown"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -55,3 +56,44 @@ def test_make_demo_is_the_main_job_and_reproduces_the_readmes_table(tmp_path):
         assert abs(float(line.group(1)) - 100 * student["clean_acc"]) <= 1.0
         assert abs(float(line.group(2)) - 100 * student["robust_acc"]) <= 1.0  # the ensemble
         assert abs(float(line.group(3)) - 100 * student["pgd_acc"]) <= 1.0  # PGD-20 beside it
+
+
+def _tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "tools" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readmes_reproduction_verdicts_are_generated_from_the_published_reports():
+    tool = _tool()
+    block = tool.readme_block((ROOT / "README.md").read_text())
+    assert block == tool.render(ROOT / "reports"), "run python tools/readme_results.py --write"
+
+
+def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(tmp_path):
+    tool = _tool()
+    claim = lambda text, verdict, agree, clear: {"claim": text, "verdict": verdict, "agreeing": agree,  # noqa: E731
+                                                 "clear": clear, "total": 4, "table": "t", "measured": ""}
+    prov = {"runs": 9, "shipped": 3, "first": "2026-12-07 13:40 UTC", "last": "2026-12-08 09:00 UTC",
+            "train_seconds": 1.0, "resumed": 2, "commits": {"67ac4f7": 6}}
+
+    def numbers(claims, missing=()):
+        return {"attack": "ensemble (X)", "eps": 0.1, "plan": {"seeds": [0, 1, 2], "transfer_seeds": [0, 1]},
+                "claims": claims, "provenance": {"teachers": prov}, "missing": list(missing)}
+
+    (tmp_path / "reproduction-quick.json").write_text(json.dumps(numbers(
+        [claim("A rises", "holds", 4, 4), claim("B with 50 %, 20 %", "does not hold here", 1, 0)])))
+    (tmp_path / "reproduction-fashion.json").write_text(json.dumps(numbers(
+        [claim("A rises", "holds partly", 3, 1), claim("B with 50 %", "not measured", 0, 0)], missing=["x", "y"])))
+    (tmp_path / "reproduction-smoke.json").write_text(json.dumps(numbers([claim("A rises", "holds", 4, 4)])))
+    block = tool.render(tmp_path)
+    assert block.startswith(tool.BEGIN) and block.endswith(tool.END)
+    assert "| A rises | **holds** (4/4 agree, 4 clear) | **holds partly** (3/4 agree, 1 clear) |" in block
+    assert "| B with 50 %, 20 % | **does not hold here** (1/4 agree, 0 clear) | not measured (1) |" in block
+    assert "1. `fashion` judges it as: B with 50 %" in block
+    assert "`smoke`" not in block  # only the published scenarios
+    assert "**incomplete**: 2 runs missing" in block and "2 resumed from a checkpoint" in block
+    assert "9 teachers (3 shipped), made 2026-12-07 13:40 UTC to 2026-12-08 09:00 UTC by kit commit 67ac4f7" in block
+    assert "No reproduction" in tool.render(tmp_path / "empty")
