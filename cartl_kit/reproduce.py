@@ -56,6 +56,7 @@ class Reproduction:
     machine: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # runs not in the store, or not evaluated (``train=False``)
     provenance: dict[str, Provenance] = field(default_factory=dict)  # "transfers", "teachers": when and by what code
+    teachers_table: pd.DataFrame | None = None  # teacher, seed, run, clean_acc, robust_acc, pgd_acc (``teacher_rows``)
 
 
 def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None = None,
@@ -115,6 +116,8 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     folders = lambda configs: [p for p in (find_run(c, root, shipped=shipped) for c in configs) if p]  # noqa: E731
     provenance = {"transfers": provenance_of(folders(done)),
                   "teachers": provenance_of(folders(dict.fromkeys(c.teacher for c in done)))}
+    teacher_table = teacher_rows(dict.fromkeys(c.teacher for c in done), preset.evaluation, root=root, device=device,
+                                 progress=progress, shipped=shipped, train=train, log=log)
     frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "transfer_seed", "run", "clean_acc",
                                         "robust_acc", "n"])
     summary = summarise(frame)
@@ -125,10 +128,35 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
                           teachers_trained=sum(teachers.values()) if train else 0, teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
                           machine=machine(), missing=[f"{c.slug}-{config_hash(c)}" for c in missing],
-                          provenance=provenance)
+                          provenance=provenance, teachers_table=teacher_table)
     if path is not None:
         result.report = write_markdown(result, path, gpu_rates=gpu_rates)
     return result
+
+
+def teacher_label(config) -> str:
+    """A teacher's row in the report: ``AT``, ``FDM k = 4, λ = 0.01``."""
+    return config.method.upper() + (f" k = {config.k}, λ = {config.lam:g}" if config.k is not None else "")
+
+
+def teacher_rows(teachers, evaluation, *, root=None, device=None, progress: bool | None = None, shipped: bool = True,
+                 train: bool = True, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every teacher of the reproduction under the headline ``evaluation`` and the paper's PGD-k beside it: where
+    PGD-k says much more than the ensemble, the teacher's gradients mislead the weaker attack (``pgd_acc`` minus
+    ``robust_acc``, per seed). ``train=False`` evaluates nothing and leaves out the teachers lacking either record."""
+    import pandas as pd
+
+    from .experiments import run_row
+    rows = []
+    for config in teachers:
+        if not train and not all(_evaluated(config, e, root, shipped) for e in (evaluation, evaluation.as_pgd())):
+            continue
+        if log is not None and train:
+            log(f"teacher {config.slug}: evaluating (the ensemble and PGD-{evaluation.as_pgd().attack.steps})")
+        row = run_row(config, evaluation, root=root, device=device, progress=progress, shipped=shipped, pgd=True)
+        rows.append({"teacher": teacher_label(config), "seed": config.seed, "run": row["run"],
+                     "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "pgd_acc": row["pgd_acc"]})
+    return pd.DataFrame(rows, columns=["teacher", "seed", "run", "clean_acc", "robust_acc", "pgd_acc"])
 
 
 def _evaluated(config, evaluation, root, shipped: bool) -> bool:
@@ -186,5 +214,4 @@ def spread_sources(rows: pd.DataFrame) -> pd.DataFrame:
 __all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "Claim", "PAPER", "PLANS", "Plan", "RECIPES", "Reproduction",
            "SPLIT_SIZES", "Stat", "TABLES", "TITLES", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
            "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "seed_pairs",
-           "spread_sources", "summarise",
-           "write_markdown"]
+           "spread_sources", "summarise", "teacher_label", "teacher_rows", "write_markdown"]

@@ -103,6 +103,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     assert f"left out of the report: {missing} runs" in empty.stdout and "0 of 10 teachers trained" in empty.stdout
     assert f"**Incomplete:** rendered from the runs store without training; {missing} run(s)" in report.read_text()
     assert "None" not in report.read_text(), "a cell not measured reads '–'"
+    assert "## 6. The teachers" not in report.read_text()  # no teacher evaluated yet
     assert not any((tmp_path / "runs").glob("*/model.pt")), "--report-only trains nothing"
     first = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -121,6 +122,9 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     rendered = subprocess.run(args + ["--report-only"], capture_output=True, text=True, timeout=300)
     assert rendered.returncode == 0 and "left out" not in rendered.stdout and "Incomplete" not in report.read_text()
     assert re.findall(r"^\d+\. .*$", report.read_text(), flags=re.M) == re.findall(r"^\d+\. .*$", text, flags=re.M)
+    teachers = re.search(r"^## 6\. The teachers .*?(?=^## )", text, flags=re.M | re.S)
+    assert teachers and len(re.findall(r"^\| (AT|FDM k = \d, λ = [\d.]+) \| 2 \|", teachers.group(0), flags=re.M)) == 5
+    assert teachers.group(0) in report.read_text()  # rendered without evaluating, from the records
     # rendered again without training, the report still says when and by which code its runs were made
     assert re.findall(r"^- \d+ (?:transfers|teachers) made here, .*$", report.read_text(), flags=re.M) == made
 
@@ -265,3 +269,23 @@ def test_spread_sources_tell_teacher_seeds_from_transfer_seeds():
     assert rp.seed_pairs(plan) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     cell = next(c for c in rp.cells(plan, 2, 1) if c.table == "lam_beta")
     assert (cell.config.seed, cell.config.teacher.seed) == (1, 2)
+
+
+def test_the_teachers_section_names_the_seeds_pgd_overstates():
+    from types import SimpleNamespace
+
+    from cartl_kit.config import get_preset
+    from cartl_kit.report import MASKING_GAP, teachers_markdown
+    table = pd.DataFrame([
+        {"teacher": "AT", "seed": 0, "run": "a", "clean_acc": 0.99, "robust_acc": 0.83, "pgd_acc": 0.85},
+        {"teacher": "AT", "seed": 1, "run": "b", "clean_acc": 0.98, "robust_acc": 0.81, "pgd_acc": 0.82},
+        {"teacher": "FDM k = 4, λ = 0.01", "seed": 0, "run": "c", "clean_acc": 0.98, "robust_acc": 0.556, "pgd_acc": 0.856},
+        {"teacher": "FDM k = 4, λ = 0.01", "seed": 1, "run": "d", "clean_acc": 0.98, "robust_acc": 0.80,
+         "pgd_acc": 0.80 + MASKING_GAP},  # exactly at the threshold: not named
+    ])
+    text = "\n".join(teachers_markdown(SimpleNamespace(teachers_table=table), get_preset("quick")))
+    assert "| AT | 2 | 98.5 ± 0.7 | 82.0 ± 1.4 | 83.5 ± 2.1 | s0 +2.0, s1 +1.0 |" in text
+    assert "| FDM k = 4, λ = 0.01 | 2 |" in text and "s0 +30.0, s1 +5.0 |" in text
+    assert text.endswith("by more than 5 points (a sign of gradient masking, or of too weak an attack): "
+                         "FDM k = 4, λ = 0.01, seed 0 (+30.0).")
+    assert teachers_markdown(SimpleNamespace(teachers_table=table.iloc[:0]), get_preset("quick")) == []
