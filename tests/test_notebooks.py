@@ -164,7 +164,7 @@ def test_a_wrong_parameter_fails_with_one_clear_message(tmp_path):
 
 
 def test_papermill_reproduction_with_the_smoke_plan(tmp_path):
-    """07 is not run by nbval (its quick plan takes about an hour); its smoke plan runs every cell in a minute."""
+    """07 is not run by nbval (its quick plan takes hours); its smoke plan runs every cell in a minute or two."""
     out = tmp_path / "out.ipynb"
     _papermill(_notebook("07_reproduction"), out, PLAN="smoke", N_SEEDS=2, RUNS_DIR=str(tmp_path / "runs"),
                REPORT="report.md")
@@ -173,6 +173,7 @@ def test_papermill_reproduction_with_the_smoke_plan(tmp_path):
     for verdict in ("holds", "does not hold here"):
         assert verdict in text
     assert "python -m cartl_kit sweep --preset paper" in text
+    assert "| AT | 2 |" in text and "− ensemble, per seed" in text  # the teachers under both attacks
     report = (tmp_path / "report.md").read_text()
     assert "command: `notebooks/07_reproduction.ipynb (PLAN='smoke', seeds (0, 1))`" in report
 
