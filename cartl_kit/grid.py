@@ -149,6 +149,7 @@ def _run_wave(wave: list[Cell], *, jobs: int, devices: list[str], root, shipped:
     pending = list(enumerate(wave))
     running: dict[subprocess.Popen, tuple[int, Cell, Path, float]] = {}
     failed = []
+    started, ended = time.perf_counter(), 0
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -165,11 +166,13 @@ def _run_wave(wave: list[Cell], *, jobs: int, devices: list[str], root, shipped:
             for process in [p for p in running if p.poll() is not None]:
                 index, cell, path, start = running.pop(process)
                 seconds = time.perf_counter() - start
+                ended += 1
+                progress = f" [{ended}/{len(wave)}{_time_left(time.perf_counter() - started, ended, len(wave))}]"
                 if process.returncode == 0:
-                    log(f"done in {seconds:.0f} s: {cell.config.slug}")
+                    log(f"done in {seconds:.0f} s: {cell.config.slug}{progress}")
                 else:
                     tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                    log(f"FAILED (exit {process.returncode}) after {seconds:.0f} s: {cell.config.slug}\n"
+                    log(f"FAILED (exit {process.returncode}) after {seconds:.0f} s: {cell.config.slug}{progress}\n"
                         + "\n".join("    " + line for line in tail))
                     failed.append(cell.config.slug)
     finally:
@@ -178,6 +181,15 @@ def _run_wave(wave: list[Cell], *, jobs: int, devices: list[str], root, shipped:
         for process in running:
             process.wait()
     return failed
+
+
+def _time_left(elapsed: float, ended: int, total: int) -> str:
+    """``", about 42 min left"`` at the wave's pace so far (wall time per finished job); empty when none is left."""
+    left = total - ended
+    if not left or not ended:
+        return ""
+    seconds = elapsed / ended * left
+    return f", about {seconds / 3600:.1f} h left" if seconds >= 5400 else f", about {max(1, round(seconds / 60))} min left"
 
 
 __all__ = ["Cell", "cell_argv", "check_jobs", "commands", "parse_cell", "run_cell", "run_parallel", "waves"]

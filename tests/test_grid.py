@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def test_jobs_2_gives_the_same_runs_as_one_process(capsys, tmp_path, monkeypatch
         tables[jobs] = json.loads(out)
         if jobs == "2":
             assert err.count("done in") == 5, err  # the teacher, then the four students, each its own job
+            assert "[1/1]" in err and "[4/4]" in err and re.search(r"\[1/4, about \d+ min left\]", err), err
     strip = [{k: v for k, v in row.items() if k != "shipped"} for row in tables["1"]]
     assert strip == [{k: v for k, v in row.items() if k != "shipped"} for row in tables["2"]]
     for row in tables["1"]:
