@@ -1,10 +1,10 @@
 """The reproduction's report: its five tables beside the paper's numbers, the claims, the setting, the recipes.
 
 ``write_markdown(result, path)`` writes the Markdown report of a ``reproduce.Reproduction`` (and its numbers as
-JSON beside it); ``pivot`` lays one
-table of the summary out as the paper does, ``PAPER`` states the paper's numbers for each table (built from
-``paper_results``, never typed here), and ``figures`` draws the trade-off in k and every cell's clean against
-robust accuracy. The full-scale recipes come from ``recipes.recipes_markdown`` with the GPU rates the caller gives.
+JSON beside it); ``pivot`` lays one table of the summary out as the paper does, ``PAPER`` states the paper's
+numbers for each table (built from ``paper_results``, never typed here), ``teachers_markdown`` puts every teacher
+under both attacks, and ``figures`` draws the trade-off in k and every cell's clean against robust accuracy. The
+full-scale recipes come from ``recipes.recipes_markdown`` with the GPU rates the caller gives.
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ def teachers_markdown(result: Reproduction, preset: Preset) -> list[str]:
     pct = lambda values: f"{100 * values.mean():.1f} ± {100 * (values.std() if len(values) > 1 else 0.0):.1f}"  # noqa: E731
     lines = ["", f"## 6. The teachers under the ensemble and under {pgd}", "",
              f"Clean / robust accuracy in %, mean ± standard deviation over the teacher seeds. The last column is how "
-             f"many points {pgd} (the kind of attack the paper reports) overstates each seed's robust accuracy against the ensemble (the "
-             "headline), on the same test images.", "",
+             f"many points {pgd} (the kind of attack the paper reports) overstates each seed's robust accuracy "
+             "against the ensemble (the headline), on the same test images.", "",
              f"| teacher | seeds | clean | ensemble | {pgd} | {pgd} − ensemble, per seed |", "|---|---|---|---|---|---|"]
     masked = []
     for teacher, part in table.groupby("teacher", sort=False):
