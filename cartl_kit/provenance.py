@@ -4,7 +4,8 @@ A report assembled from a runs store may rest on runs made at different times: a
 stopped and resumed (finished runs load, unfinished ones resume from their last epoch), or a shared runs
 folder filled by several machines. The invocation that renders the report then trains little or nothing, so
 its own run time says nothing about the work behind the numbers. ``summarise(paths)`` reads what every run
-records in ``env.json`` and ``history.json`` — the UTC date it finished, the kit's git commit
+records in ``env.json`` and ``history.json`` — the UTC date its training started (in the process that
+finished it), the kit's git commit
 (``code_version``; runs made before the kit recorded it have none), whether it resumed from a checkpoint —
 and the seconds of its training epochs, and ``describe`` says it in one sentence for the report.
 """
@@ -51,7 +52,7 @@ class Provenance:
 
     runs: int
     shipped: int  # of them shipped with the kit (made when the kit was built, not by this store)
-    first: str | None  # the earliest and latest finishing date of the others, "YYYY-MM-DD HH:MM UTC"
+    first: str | None  # the earliest and latest start date of the others (env.json), "YYYY-MM-DD HH:MM UTC"
     last: str | None
     train_seconds: float  # the others' training epochs, summed
     resumed: int  # the others that resumed from a checkpoint
@@ -77,14 +78,14 @@ def summarise(paths: Iterable[str | Path]) -> Provenance:
 
 
 def describe(p: Provenance, what: str) -> str:
-    """One line: ``"138 transfers made here, finished between ... and ..., by kit commit be49534; ..."``."""
+    """One line: ``"138 transfers made here, started between ... and ..., by kit commit be49534; ..."``."""
     made = p.runs - p.shipped
     what = what.removesuffix("s") if p.runs == 1 else what
     if not made:
         return f"{p.runs} {what}, all shipped with the kit" if p.runs > 1 else f"1 {what}, shipped with the kit"
     span = p.first if p.first == p.last else f"between {p.first} and {p.last}"
     text = (f"{p.runs} {what}" + (f": {p.shipped} shipped with the kit, {made}" if p.shipped else "")
-            + f" made here, finished {span}, {_commits(p.commits)}; their training epochs took "
+            + f" made here, started {span}, {_commits(p.commits)}; their training epochs took "
             f"{_duration(p.train_seconds)} (evaluation not timed)")
     if p.resumed:
         text += f"; {p.resumed} resumed from a checkpoint"

@@ -38,7 +38,7 @@ def test_runs_made_at_different_times_and_by_different_code_are_told_apart(tmp_p
     assert (p.first, p.last) == ("2026-12-07 13:40 UTC", "2026-12-09 08:05 UTC")
     assert p.commits == {"be49534": 2, UNRECORDED: 1}
     text = describe(p, "transfers")
-    assert text.startswith("4 transfers: 1 shipped with the kit, 3 made here, finished between 2026-12-07 13:40 UTC "
+    assert text.startswith("4 transfers: 1 shipped with the kit, 3 made here, started between 2026-12-07 13:40 UTC "
                            "and 2026-12-09 08:05 UTC, by kit commits be49534 (2), not recorded (1)")
     assert "1.7 h" in text and "1 resumed from a checkpoint" in text
     assert describe(summarise([shipped]), "teachers") == "1 teacher, shipped with the kit"

@@ -112,7 +112,7 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     for title in rp.TITLES.values():
         assert f"## {title}" in text
     assert "command: `python -m cartl_kit reproduce --preset smoke" in text and "this invocation:" in text
-    made = re.findall(r"^- \d+ (?:transfers|teachers) made here, finished .*$", text, flags=re.M)
+    made = re.findall(r"^- \d+ (?:transfers|teachers) made here, started .*$", text, flags=re.M)
     assert len(made) == 2 and all(re.search(r"by kit commit \w+|the kit's commit not recorded", m) for m in made)
     verdicts = re.findall(r"^\d+\. .* \*\*(holds|holds partly|does not hold here|not measured)\*\*\.$", text, flags=re.M)
     assert len(verdicts) == 14
