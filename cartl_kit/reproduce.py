@@ -113,11 +113,11 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
         rows.append({"table": cell.table, "row": cell.row, "column": cell.column, "seed": seed,
                      "transfer_seed": transfer_seed, "run": row["run"], "clean_acc": row["clean_acc"],
                      "robust_acc": row["robust_acc"], "n": row["n"]})
+    used = list(dict.fromkeys(c.teacher for c in done))  # the teachers of the evaluated transfers
     folders = lambda configs: [p for p in (find_run(c, root, shipped=shipped) for c in configs) if p]  # noqa: E731
-    provenance = {"transfers": provenance_of(folders(done)),
-                  "teachers": provenance_of(folders(dict.fromkeys(c.teacher for c in done)))}
-    teacher_table = teacher_rows(dict.fromkeys(c.teacher for c in done), preset.evaluation, root=root, device=device,
-                                 progress=progress, shipped=shipped, train=train, log=log)
+    provenance = {"transfers": provenance_of(folders(done)), "teachers": provenance_of(folders(used))}
+    teacher_table = teacher_rows(used, preset.evaluation, root=root, device=device, progress=progress,
+                                 shipped=shipped, train=train, log=log)
     frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "transfer_seed", "run", "clean_acc",
                                         "robust_acc", "n"])
     summary = summarise(frame)
@@ -151,7 +151,8 @@ def teacher_rows(teachers, evaluation, *, root=None, device=None, progress: bool
     for config in teachers:
         if not train and not all(_evaluated(config, e, root, shipped) for e in (evaluation, evaluation.as_pgd())):
             continue
-        if log is not None and train:
+        if log is not None and train and not all(_evaluated(config, e, root, shipped)
+                                                 for e in (evaluation, evaluation.as_pgd())):
             log(f"teacher {config.slug}: evaluating (the ensemble and PGD-{evaluation.as_pgd().attack.steps})")
         row = run_row(config, evaluation, root=root, device=device, progress=progress, shipped=shipped, pgd=True)
         rows.append({"teacher": teacher_label(config), "seed": config.seed, "run": row["run"],

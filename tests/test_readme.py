@@ -95,5 +95,6 @@ def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(t
     assert "1. `fashion` judges it as: B with 50 %" in block
     assert "`smoke`" not in block  # only the published scenarios
     assert "**incomplete**: 2 runs missing" in block and "2 resumed from a checkpoint" in block
-    assert "9 teachers (3 shipped), made 2026-12-07 13:40 UTC to 2026-12-08 09:00 UTC by kit commit 67ac4f7" in block
+    assert ("9 teachers: 3 shipped with the kit, 6 made here, started between 2026-12-07 13:40 UTC and 2026-12-08 "
+            "09:00 UTC, by kit commit 67ac4f7") in block
     assert "No reproduction" in tool.render(tmp_path / "empty")

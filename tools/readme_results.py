@@ -32,17 +32,9 @@ def _verdict(claim: dict) -> str:
 
 
 def _runs(numbers: dict) -> str:
-    parts = []
-    for what, p in numbers.get("provenance", {}).items():
-        made = p["runs"] - p["shipped"]
-        text = f"{p['runs']} {what}" + (f" ({p['shipped']} shipped)" if p["shipped"] else "")
-        if made:
-            span = p["first"] if p["first"] == p["last"] else f"{p['first']} to {p['last']}"
-            text += f", made {span} by kit commit {', '.join(p['commits'])}"
-            if p["resumed"]:
-                text += f", {p['resumed']} resumed from a checkpoint"
-        parts.append(text)
-    return "; ".join(parts)
+    """The runs behind a report, as its own header says it (``provenance.describe``)."""
+    from cartl_kit.provenance import Provenance, describe
+    return "; ".join(describe(Provenance(**p), what) for what, p in numbers.get("provenance", {}).items())
 
 
 def render(reports: Path = ROOT / "reports") -> str:
