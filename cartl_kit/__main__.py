@@ -344,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for reports
     from .distributed import from_env, leave
+    finished = False
     try:
         _check_flags(args)
         world = from_env(getattr(args, "device", None), sync_bn=getattr(args, "sync_bn", False))  # under torchrun: DDP
         if world is not None and not world.main:
             sys.stdout = open(os.devnull, "w")  # rank 0 prints the results
         args.func(args)
+        finished = True
     except ValueError as error:  # includes RunError, SanityCheckError, DatasetCorrupt
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
-        leave()
+        leave(wait=finished)
     return 0
 
 

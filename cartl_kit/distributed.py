@@ -96,11 +96,22 @@ def from_env(device: torch.device | str | None = None, *, sync_bn: bool = False)
     return world
 
 
-def leave() -> None:
-    """Leave the process group (at the end of a command)."""
+def leave(*, wait: bool = True) -> None:
+    """Leave the process group (at the end of a command).
+
+    With ``wait`` (a command that succeeded) the ranks first meet at a barrier, so that none tears down its
+    connections while another still has a collective in flight; gloo aborts a process (SIGABRT) whose peer
+    closes a connection under a pending operation. A command that failed leaves at once (its peers may never
+    reach the barrier); a peer that has gone already is not an error here.
+    """
     global _CURRENT
     import torch.distributed as dist
     if dist.is_initialized():
+        if wait:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer left first (its command failed): nothing is in flight to protect
+                pass
         dist.destroy_process_group()
     _CURRENT = None
 
