@@ -55,9 +55,11 @@ class Claim:
     clear: int  # comparisons in the claimed direction by more than the seeds' spread
     agreeing: int  # comparisons in the claimed direction (means)
     total: int
+    against: tuple[str, ...] = ()  # the comparisons that went against the claim, named (where they have names)
 
     def sentence(self) -> str:
-        return f"{self.claim} — {self.measured}: **{self.verdict}**."
+        against = f"; against the claim: {', '.join(self.against)}" if self.against else ""
+        return f"{self.claim} — {self.measured}{against}: **{self.verdict}**."
 
 
 def cell_stat(summary: pd.DataFrame, table: str, row: str, column: str, metric: str) -> Stat | None:
@@ -87,6 +89,15 @@ def _paired_verdict(diffs: list[float]) -> tuple[bool, bool, int | None]:
     return clear, mean > 0, needed
 
 
+def compare(a: Stat, b: Stat) -> tuple[bool, bool]:
+    """(clear, agreeing) for "a > b": paired over the runs sharing both seeds, else unpaired (see ``judge``)."""
+    diffs = paired(a, b)
+    if diffs:
+        is_clear, agrees, _ = _paired_verdict(diffs)
+        return is_clear, agrees
+    return a.mean - b.mean > math.hypot(a.std, b.std), a.mean > b.mean
+
+
 def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
     """Verdict for "a > b" over several (a, b) pairs.
 
@@ -102,11 +113,7 @@ def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
         return "not measured", 0, 0
     clear = agreeing = 0
     for a, b in comparisons:
-        diffs = paired(a, b)
-        if diffs:
-            is_clear, agrees, _ = _paired_verdict(diffs)
-        else:
-            is_clear, agrees = a.mean - b.mean > math.hypot(a.std, b.std), a.mean > b.mean
+        is_clear, agrees = compare(a, b)
         clear, agreeing = clear + is_clear, agreeing + agrees
     if clear == len(comparisons):
         verdict = "holds"
@@ -117,9 +124,17 @@ def judge(comparisons: Sequence[tuple[Stat, Stat]]) -> tuple[str, int, int]:
     return verdict, clear, agreeing
 
 
-def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str) -> Claim:
-    """The ``Claim`` "a > b for every pair", judged on the pairs whose two cells were measured."""
-    measured_pairs = [(a, b) for a, b in comparisons if a is not None and b is not None]
+def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str,
+           labels: Sequence[str] | None = None) -> Claim:
+    """The ``Claim`` "a > b for every pair", judged on the pairs whose two cells were measured. ``labels`` name
+    the comparisons (e.g. "CARTL > vanilla at 50 %"), so that a claim names those that went against it: a
+    "holds partly" can rest on one half of a claim while the other half fails."""
+    if labels is not None and len(labels) != len(comparisons):
+        raise ValueError(f"{len(labels)} labels for {len(comparisons)} comparisons")
+    named = list(zip(comparisons, labels if labels is not None else [""] * len(comparisons)))
+    measured_named = [((a, b), label) for (a, b), label in named if a is not None and b is not None]
+    measured_pairs = [pair for pair, _ in measured_named]
+    against = tuple(label for (a, b), label in measured_named if label and not compare(a, b)[1])
     verdict, clear, agreeing = judge(measured_pairs)
     differences = [paired(a, b) for a, b in measured_pairs]
     if measured_pairs and all(differences):
@@ -135,7 +150,7 @@ def judged(table: str, claim: str, comparisons: Sequence[Pair], measured: str) -
     if len(measured_pairs) < len(comparisons):
         counted += (f"; {len(comparisons) - len(measured_pairs)} left out (a cell not measured, or at chance "
                     "accuracy: a failed experiment is no evidence)")
-    return Claim(table, claim, f"{measured}; {counted}", verdict, clear, agreeing, len(measured_pairs))
+    return Claim(table, claim, f"{measured}; {counted}", verdict, clear, agreeing, len(measured_pairs), against)
 
 
 def at_chance(summary: pd.DataFrame, num_classes: int, *, margin: float = 0.05) -> pd.DataFrame:
@@ -150,27 +165,33 @@ def tradeoff_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     ks = list(plan.tradeoff_ks)
     clean = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "clean") for k in ks]
     robust = [cell_stat(summary, "tradeoff", f"k = {k}", "vanilla", "robust") for k in ks]
+    steps = [f"k = {a} → {b}" for a, b in zip(ks[:-1], ks[1:])]
     return [judged("tradeoff", "Accuracy rises with k (poster)", list(zip(clean[1:], clean[:-1])),
-                   f"clean {shown(clean[0])} at k = {ks[0]} → {shown(clean[-1])} at k = {ks[-1]}"),
+                   f"clean {shown(clean[0])} at k = {ks[0]} → {shown(clean[-1])} at k = {ks[-1]}", steps),
             judged("tradeoff", "Robustness falls as k grows (poster)", list(zip(robust[:-1], robust[1:])),
-                   f"robust {shown(robust[0])} at k = {ks[0]} → {shown(robust[-1])} at k = {ks[-1]}")]
+                   f"robust {shown(robust[0])} at k = {ks[0]} → {shown(robust[-1])} at k = {ks[-1]}", steps)]
 
 
 def batchnorm_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     """Reusing the extractor's statistics helps, and the vanilla case is the most robust (§11.1)."""
     reuse: list[Pair] = []
     best: list[Pair] = []
+    reuse_labels: list[str] = []
+    best_labels: list[str] = []
     parts = []
     for k in plan.bn_ks:
         r = {case: cell_stat(summary, "batchnorm", f"k = {k}", case, "robust") for case in BN_CASES_2X2}
         reuse += [(r["train-reuse"], r["train-update"]), (r["vanilla"], r["freeze-update"])]
+        reuse_labels += [f"{BN_LABELS[a]} > {BN_LABELS[b]} at k = {k}"
+                         for a, b in (("train-reuse", "train-update"), ("vanilla", "freeze-update"))]
         best += [(r["vanilla"], r[case]) for case in BN_CASES_2X2[:3]]
+        best_labels += [f"{BN_LABELS['vanilla']} > {BN_LABELS[case]} at k = {k}" for case in BN_CASES_2X2[:3]]
         parts.append(f"k = {k}: " + ", ".join(f"{BN_LABELS[c]} {shown(r[c])}" for c in BN_CASES_2X2))
     return [judged("batchnorm", "Reusing the teacher's BatchNorm statistics in the extractor gives more robustness "
-                   "than updating them (§11.1, every pair)", reuse, "robust: " + "; ".join(parts)),
+                   "than updating them (§11.1, every pair)", reuse, "robust: " + "; ".join(parts), reuse_labels),
             judged("batchnorm", "Freezing the sub-model's BatchNorm affine parameters and reusing the statistics "
                    "(W,b | μ,σ,W,b, the kit's vanilla) is the most robust of the four cases (§11.1)", best,
-                   "see the row above")]
+                   "see the row above", best_labels)]
 
 
 def lam_beta_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
@@ -187,30 +208,37 @@ def lam_beta_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     lam_acc: list[Pair] = []
     beta_text: list[str] = []
     changes: list[float] = []
+    beta_labels: list[str] = []
+    flat_labels: list[str] = []
+    lam_labels: list[str] = []
     for k in plan.grid_ks:
         for lam in plan.lams:
             row = f"k = {k}, λ = {lam:g}"
             lo, hi = s(row, f"β = {lo_beta:g}", "robust"), s(row, f"β = {hi_beta:g}", "robust")
             beta_pairs.append((lo, hi))
+            beta_labels.append(f"β = {lo_beta:g} > β = {hi_beta:g} at {row}")
             beta_text.append(f"{row}: {shown(hi)} → {shown(lo)}")
             c_lo, c_hi = s(row, f"β = {lo_beta:g}", "clean"), s(row, f"β = {hi_beta:g}", "clean")
             if c_lo and c_hi:  # "within one point": 0.01 - |difference| > 0
                 flat.append((Stat(0.01 - abs(c_lo.mean - c_hi.mean), math.hypot(c_lo.std, c_hi.std)), Stat(0.0, 0.0)))
+                flat_labels.append(f"at {row}")
                 changes.append(100 * (c_lo.mean - c_hi.mean))
         small_row, big_row = f"k = {k}, λ = {small_lam:g}", f"k = {k}, λ = {big_lam:g}"
         for beta in plan.betas:
             col = f"β = {beta:g}"
             lam_rob.append((s(small_row, col, "robust"), s(big_row, col, "robust")))
             lam_acc.append((s(big_row, col, "clean"), s(small_row, col, "clean")))
+            lam_labels.append(f"at k = {k}, {col}")
     return [judged("lam_beta", f"A smaller NEFT bound β gives more robustness (§11.2, every row: β = {hi_beta:g} → "
-                   f"{lo_beta:g})", beta_pairs, "robust " + "; ".join(beta_text)),
+                   f"{lo_beta:g})", beta_pairs, "robust " + "; ".join(beta_text), beta_labels),
             judged("lam_beta", f"Accuracy stays within about one point as β falls from {hi_beta:g} to {lo_beta:g} "
                    "(§11.2)", flat,
-                   "clean accuracy changes by " + (", ".join(f"{c:+.1f}" for c in changes) or "–") + " points"),
+                   "clean accuracy changes by " + (", ".join(f"{c:+.1f}" for c in changes) or "–") + " points",
+                   flat_labels),
             judged("lam_beta", f"A smaller FDM weight λ ({small_lam:g} against {big_lam:g}) helps robustness "
-                   "(poster)", lam_rob, f"{len(lam_rob)} (k, β) cells compared"),
+                   "(poster)", lam_rob, f"{len(lam_rob)} (k, β) cells compared", lam_labels),
             judged("lam_beta", "… but costs a little accuracy (poster)", lam_acc,
-                   f"{len(lam_acc)} (k, β) cells compared")]
+                   f"{len(lam_acc)} (k, β) cells compared", lam_labels)]
 
 
 def ablation_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
@@ -228,12 +256,14 @@ def ablation_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
         acc_gain.append((cell_stat(summary, "ablation", "AT+FDM → NEFT", col, "clean"),
                          cell_stat(summary, "ablation", "AT → TL", col, "clean")))
         text.append(f"{col}: TL {shown(tl)}, NEFT {shown(neft)}, FDM+NEFT {shown(cartl)}")
+    at = [f"at k = {k}" for k in plan.grid_ks]
     return [judged("ablation", f"NEFT (β = {plan.ablation_beta:g}) adds robustness to vanilla transfer (§11.3)",
-                   neft_gain, "robust " + "; ".join(text)),
+                   neft_gain, "robust " + "; ".join(text), [f"NEFT > TL {a}" for a in at]),
             judged("ablation", f"An FDM-trained source (λ = {plan.ablation_lam:g}) adds robustness on top of NEFT "
-                   "(§11.3)", fdm_gain, "see the row above"),
+                   "(§11.3)", fdm_gain, "see the row above", [f"FDM+NEFT > NEFT {a}" for a in at]),
             judged("ablation", "CARTL (FDM + NEFT) is also more accurate than vanilla transfer (§11.3)", acc_gain,
-                   ", ".join(f"k = {k}: {shown(a)} against {shown(b)}" for k, (a, b) in zip(plan.grid_ks, acc_gain)))]
+                   ", ".join(f"k = {k}: {shown(a)} against {shown(b)}" for k, (a, b) in zip(plan.grid_ks, acc_gain)),
+                   [f"CARTL's clean > TL's {a}" for a in at])]
 
 
 def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
@@ -249,16 +279,18 @@ def baseline_claims(summary: pd.DataFrame, plan: Plan) -> list[Claim]:
     full = cells("full")
     out = [judged("baselines", "CARTL is more robust than vanilla transfer and LwF on the full target set (§11.4)",
                   [(full["CARTL"][1], full["vanilla"][1]), (full["CARTL"][1], full["LwF"][1])],
-                  "clean / robust: " + text(full)),
+                  "clean / robust: " + text(full), ["CARTL > vanilla", "CARTL > LwF"]),
            judged("baselines", "LwF is less accurate and less robust than vanilla transfer (§11.4)",
-                  [(full["vanilla"][0], full["LwF"][0]), (full["vanilla"][1], full["LwF"][1])], "see the row above")]
+                  [(full["vanilla"][0], full["LwF"][0]), (full["vanilla"][1], full["LwF"][1])], "see the row above",
+                  ["vanilla's clean > LwF's", "vanilla's robust > LwF's"])]
     if plan.small_fractions:
         columns = [small_column(f) for f in plan.small_fractions]
         small = {column: cells(column) for column in columns}
         out.append(judged("baselines", f"CARTL is more robust than vanilla transfer and LwF with less target data "
                           f"({', '.join(columns)} of it, the same number of SGD steps; poster)",
                           [(small[c]["CARTL"][1], small[c][m][1]) for c in columns for m in ("vanilla", "LwF")],
-                          "clean / robust: " + "; ".join(f"{c}: {text(small[c])}" for c in columns)))
+                          "clean / robust: " + "; ".join(f"{c}: {text(small[c])}" for c in columns),
+                          [f"CARTL > {m} at {c}" for c in columns for m in ("vanilla", "LwF")]))
     return out
 
 
@@ -273,5 +305,5 @@ def claims(summary: pd.DataFrame, plan: Plan, *, num_classes: int | None = None)
             *ablation_claims(summary, plan), *baseline_claims(summary, plan)]
 
 
-__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat", "shown",
+__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat", "compare", "shown",
            "claims", "judge", "judged", "lam_beta_claims", "paired", "tradeoff_claims"]

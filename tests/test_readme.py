@@ -86,11 +86,12 @@ def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(t
     (tmp_path / "reproduction-quick.json").write_text(json.dumps(numbers(
         [claim("A rises", "holds", 4, 4), claim("B with 50 %, 20 %", "does not hold here", 1, 0)])))
     (tmp_path / "reproduction-fashion.json").write_text(json.dumps(numbers(
-        [claim("A rises", "holds partly", 3, 1), claim("B with 50 %", "not measured", 0, 0)], missing=["x", "y"])))
+        [dict(claim("A rises", "holds partly", 3, 1), against=["X > Y at 10 %"]), claim("B with 50 %", "not measured", 0, 0)],
+        missing=["x", "y"])))
     (tmp_path / "reproduction-smoke.json").write_text(json.dumps(numbers([claim("A rises", "holds", 4, 4)])))
     block = tool.render(tmp_path)
     assert block.startswith(tool.BEGIN) and block.endswith(tool.END)
-    assert "| A rises | **holds** (4/4 agree, 4 clear) | **holds partly** (3/4 agree, 1 clear) |" in block
+    assert "| A rises | **holds** (4/4 agree, 4 clear) | **holds partly** (3/4 agree, 1 clear; against: X > Y at 10 %) |" in block
     assert "| B with 50 %, 20 % | **does not hold here** (1/4 agree, 0 clear) | not measured (1) |" in block
     assert "1. `fashion` judges it as: B with 50 %" in block
     assert "`smoke`" not in block  # only the published scenarios

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from cartl_kit import reproduce as rp
+from cartl_kit.claims import judged
 from cartl_kit.config import config_hash
 
 
@@ -91,6 +92,28 @@ def test_claims_hold_on_numbers_shaped_like_the_papers_and_fail_on_reversed_ones
     assert flipped["Accuracy rises with k (poster)"] == "does not hold here"
     assert flipped["Robustness falls as k grows (poster)"] == "does not hold here"
     assert sum(v == "does not hold here" for v in flipped.values()) >= 11
+
+
+def test_a_claim_names_the_comparisons_that_went_against_it():
+    """A "holds partly" can rest on one half of a claim: CARTL above LwF (which collapses) but below vanilla at
+    every small-data fraction. The claim names the comparisons that failed, in its sentence and in its numbers."""
+    plan = rp.get_plan("quick")
+
+    def robust(cell):
+        value = _paper_like(cell)[1]
+        below_vanilla = cell.table == "baselines" and cell.row == "CARTL" and cell.column != "full"
+        return value - 0.3 if below_vanilla else value
+
+    found = {c.claim: c for c in rp.claims(_summary(plan, lambda c: _paper_like(c)[0], robust), plan)}
+    small = next(c for name, c in found.items() if name.startswith("CARTL is more robust than vanilla transfer and LwF "
+                                                                      "with less target data"))
+    assert small.verdict == "holds partly"
+    assert small.against == ("CARTL > vanilla at 50 %", "CARTL > vanilla at 20 %", "CARTL > vanilla at 10 %")
+    assert "; against the claim: CARTL > vanilla at 50 %, CARTL > vanilla at 20 %" in small.sentence()
+    like = rp.claims(_summary(plan, lambda c: _paper_like(c)[0], lambda c: _paper_like(c)[1]), plan)
+    assert all(c.against == () and "against the claim" not in c.sentence() for c in like)
+    with pytest.raises(ValueError, match="1 labels for 2 comparisons"):
+        judged("t", "c", [(S(0.6), S(0.5)), (S(0.6), S(0.5))], "", ["one"])
 
 
 def test_smoke_reproduction_end_to_end(tmp_path):

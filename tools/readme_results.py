@@ -28,7 +28,9 @@ BEGIN, END = "<!-- reproductions:begin -->", "<!-- reproductions:end -->"
 def _verdict(claim: dict) -> str:
     if claim["verdict"] == "not measured":
         return "not measured"
-    return f"**{claim['verdict']}** ({claim['agreeing']}/{claim['total']} agree, {claim['clear']} clear)"
+    against = claim.get("against") or []
+    return (f"**{claim['verdict']}** ({claim['agreeing']}/{claim['total']} agree, {claim['clear']} clear"
+            + (f"; against: {', '.join(against)}" if against else "") + ")")
 
 
 def _runs(numbers: dict) -> str:
