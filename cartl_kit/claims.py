@@ -58,7 +58,7 @@ class Claim:
     against: tuple[str, ...] = ()  # the comparisons that went against the claim, named (where they have names)
 
     def sentence(self) -> str:
-        against = f"; against the claim: {', '.join(self.against)}" if self.against else ""
+        against = f"; against the claim: {'; '.join(self.against)}" if self.against else ""
         return f"{self.claim} — {self.measured}{against}: **{self.verdict}**."
 
 

@@ -151,8 +151,8 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the paper's five tables at small scale over seeds, its claims judged, "
                                          "a Markdown report and the full-scale recipes")
     p.add_argument("--preset", default="quick", choices=["quick", "fashion", "smoke"],
-                   help="quick: MNIST digits, about 4 hours on a 2-core CPU; fashion: Fashion-MNIST, about 6 hours "
-                        "(both estimated from their demos); smoke: 8x8 digits, about a minute")
+                   help="quick: MNIST digits, about 2.5 hours on a 2-core CPU with --jobs 2 (measured); fashion: "
+                        "Fashion-MNIST, about 6 hours (estimated from its demo); smoke: 8x8 digits, about a minute")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="teacher seeds (default: the plan's, 0 1 2)")
     p.add_argument("--transfer-seeds", type=int, nargs="+", default=None,
                    help="transfer seeds, each with every teacher seed (default: the plan's, 0 1)")

@@ -113,6 +113,7 @@ def report_numbers(result: Reproduction) -> dict:
     return {"preset": result.plan.preset, "command": result.command, "machine": result.machine,
             "seconds": round(result.seconds, 1), "plan": dataclasses.asdict(result.plan),
             "attack": preset.evaluation.label, "eps": preset.evaluation.attack.eps,
+            "pgd_attack": preset.evaluation.as_pgd().label, "masking_gap": MASKING_GAP,
             "claims": [dataclasses.asdict(claim) for claim in result.claims],
             "summary": json.loads(result.summary.to_json(orient="records")),
             "provenance": {what: dataclasses.asdict(p) for what, p in result.provenance.items()},

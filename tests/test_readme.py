@@ -85,17 +85,27 @@ def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(t
 
     (tmp_path / "reproduction-quick.json").write_text(json.dumps(numbers(
         [claim("A rises", "holds", 4, 4), claim("B with 50 %, 20 %", "does not hold here", 1, 0)])))
+    teachers = [{"teacher": "AT", "seed": 0, "robust_acc": 0.834, "pgd_acc": 0.856},
+                {"teacher": "FDM λ = 0.01", "seed": 2, "robust_acc": 0.14, "pgd_acc": 0.846},
+                {"teacher": "FDM λ = 0.003", "seed": 1, "robust_acc": 0.80, "pgd_acc": 0.85}]  # 5.0 points: not over
+    (tmp_path / "reproduction-quick.json").write_text(json.dumps(dict(json.loads(
+        (tmp_path / "reproduction-quick.json").read_text()), teachers=teachers, pgd_attack="PGD-20", masking_gap=0.05)))
     (tmp_path / "reproduction-fashion.json").write_text(json.dumps(numbers(
-        [dict(claim("A rises", "holds partly", 3, 1), against=["X > Y at 10 %"]), claim("B with 50 %", "not measured", 0, 0)],
+        [dict(claim("A rises", "holds partly", 3, 1), against=["X > Y at 10 %", "W,b | μ > – | μ"]),
+         claim("B with 50 %", "not measured", 0, 0)],
         missing=["x", "y"])))
     (tmp_path / "reproduction-smoke.json").write_text(json.dumps(numbers([claim("A rises", "holds", 4, 4)])))
     block = tool.render(tmp_path)
     assert block.startswith(tool.BEGIN) and block.endswith(tool.END)
-    assert "| A rises | **holds** (4/4 agree, 4 clear) | **holds partly** (3/4 agree, 1 clear; against: X > Y at 10 %) |" in block
+    assert ("| A rises | **holds** (4/4 agree, 4 clear) | **holds partly** (3/4 agree, 1 clear; against: X > Y at 10 %; "
+            "W,b \\| μ > – \\| μ) |") in block
     assert "| B with 50 %, 20 % | **does not hold here** (1/4 agree, 0 clear) | not measured (1) |" in block
     assert "1. `fashion` judges it as: B with 50 %" in block
     assert "`smoke`" not in block  # only the published scenarios
     assert "**incomplete**: 2 runs missing" in block and "2 resumed from a checkpoint" in block
     assert ("9 teachers: 3 shipped with the kit, 6 made here, started between 2026-12-07 13:40 UTC and 2026-12-08 "
             "09:00 UTC, by kit commit 67ac4f7") in block
+    assert ("of its 3 teachers, PGD-20 overstates the ensemble by more than 5 points on FDM λ = 0.01 seed 2 "
+            "(14.0 → 84.6) (ensemble → PGD-20, %)") in block
+    assert block.count("overstates") == 1  # the fashion numbers have no teachers evaluated
     assert "No reproduction" in tool.render(tmp_path / "empty")

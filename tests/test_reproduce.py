@@ -1,5 +1,5 @@
 """The reproduction: the verdict rules, the plan, shared cells, the claims on known numbers, and the smoke
-version of ``python -m cartl_kit reproduce`` end to end (the quick one takes about an hour: not in tests)."""
+version of ``python -m cartl_kit reproduce`` end to end (the quick one takes hours: not in tests)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_a_claim_names_the_comparisons_that_went_against_it():
                                                                       "with less target data"))
     assert small.verdict == "holds partly"
     assert small.against == ("CARTL > vanilla at 50 %", "CARTL > vanilla at 20 %", "CARTL > vanilla at 10 %")
-    assert "; against the claim: CARTL > vanilla at 50 %, CARTL > vanilla at 20 %" in small.sentence()
+    assert "; against the claim: CARTL > vanilla at 50 %; CARTL > vanilla at 20 %" in small.sentence()
     like = rp.claims(_summary(plan, lambda c: _paper_like(c)[0], lambda c: _paper_like(c)[1]), plan)
     assert all(c.against == () and "against the claim" not in c.sentence() for c in like)
     with pytest.raises(ValueError, match="1 labels for 2 comparisons"):
