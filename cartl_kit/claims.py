@@ -305,5 +305,5 @@ def claims(summary: pd.DataFrame, plan: Plan, *, num_classes: int | None = None)
             *ablation_claims(summary, plan), *baseline_claims(summary, plan)]
 
 
-__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat", "compare", "shown",
-           "claims", "judge", "judged", "lam_beta_claims", "paired", "tradeoff_claims"]
+__all__ = ["Claim", "Stat", "ablation_claims", "at_chance", "baseline_claims", "batchnorm_claims", "cell_stat", "compare",
+           "shown", "claims", "judge", "judged", "lam_beta_claims", "paired", "tradeoff_claims"]

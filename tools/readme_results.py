@@ -50,9 +50,10 @@ def _masked(numbers: dict) -> str:
     teachers = numbers.get("teachers") or []
     if not teachers:
         return ""
-    gap = numbers.get("masking_gap", 0.05)
-    over = [f"{t['teacher']} seed {t['seed']} ({100 * t['robust_acc']:.1f} → {100 * t['pgd_acc']:.1f})" for t in teachers
-            if round(100 * (t["pgd_acc"] - t["robust_acc"]), 1) > 100 * gap]
+    from cartl_kit.report import MASKING_GAP, overstates
+    gap = numbers.get("masking_gap", MASKING_GAP)
+    over = [f"{t['teacher']} seed {t['seed']} ({100 * t['robust_acc']:.1f} → {100 * t['pgd_acc']:.1f})"
+            for t in teachers if overstates(t["pgd_acc"], t["robust_acc"], gap)]
     pgd = numbers.get("pgd_attack", "PGD")
     return (f"; of its {len(teachers)} teachers, {pgd} overstates the ensemble by more than {100 * gap:g} points on "
             + ("; ".join(over) if over else "none") + " (ensemble → " + pgd + ", %)")
