@@ -3,7 +3,7 @@
 ``write_markdown(result, path)`` writes the Markdown report of a ``reproduce.Reproduction`` (and its numbers as
 JSON beside it); ``pivot`` lays one table of the summary out as the paper does, ``PAPER`` states the paper's
 numbers for each table (built from ``paper_results``, never typed here), ``teachers_markdown`` puts every teacher
-under both attacks, and ``figures`` draws the trade-off in k and every cell's clean against robust accuracy. The
+under both attacks, and the students of tables 3 and 4 (``students_markdown``), and ``figures`` draws the trade-off in k and every cell's clean against robust accuracy. The
 full-scale recipes come from ``recipes.recipes_markdown`` with the GPU rates the caller gives.
 """
 
@@ -118,6 +118,7 @@ def report_numbers(result: Reproduction) -> dict:
             "summary": json.loads(result.summary.to_json(orient="records")),
             "provenance": {what: dataclasses.asdict(p) for what, p in result.provenance.items()},
             "teachers": [] if result.teachers_table is None else json.loads(result.teachers_table.to_json(orient="records")),
+            "students": [] if result.students_table is None else json.loads(result.students_table.to_json(orient="records")),
             "missing": result.missing}
 
 
@@ -233,6 +234,26 @@ def teachers_markdown(result: Reproduction, preset: Preset) -> list[str]:
                      f"{pct(part.pgd_acc)} | " + ", ".join(f"s{seed} {100 * gap:+.1f}" for seed, gap in gaps) + " |")
     lines += ["", f"Teachers that {pgd} overstates by more than {100 * MASKING_GAP:g} points (a sign of gradient "
               "masking, or of too weak an attack): " + ("; ".join(masked) if masked else "none") + "."]
+    return lines + students_markdown(result.students_table, pgd)
+
+
+def students_markdown(table, pgd: str) -> list[str]:
+    """Section 6's second part: the students of tables 3 and 4 under both attacks, and how many runs of each
+    ``pgd`` overstates by more than ``MASKING_GAP`` (do the students of masked teachers inherit the masking?)."""
+    if table is None or not len(table):
+        return []
+    pct = lambda values: f"{100 * values.mean():.1f} ± {100 * (values.std() if len(values) > 1 else 0.0):.1f}"  # noqa: E731
+    lines = ["", f"### Their students (tables 3 and 4) under the ensemble and under {pgd}", "",
+             f"Every run of each student (teacher seed × transfer seed), mean ± standard deviation; the last column "
+             f"counts the runs that {pgd} overstates by more than {100 * MASKING_GAP:g} points.", "",
+             f"| student | runs | clean | ensemble | {pgd} | {pgd} − ensemble | runs overstated |",
+             "|---|---|---|---|---|---|---|"]
+    for student, part in table.groupby("student", sort=False):
+        over = [r for r in part.itertuples() if overstates(r.pgd_acc, r.robust_acc)]
+        named = ", ".join(f"s{int(r.seed)}/t{int(r.transfer_seed)}" for r in over)
+        lines.append(f"| {student} | {len(part)} | {pct(part.clean_acc)} | {pct(part.robust_acc)} | "
+                     f"{pct(part.pgd_acc)} | {100 * (part.pgd_acc - part.robust_acc).mean():+.1f} | "
+                     f"{len(over)}" + (f" ({named})" if named else "") + " |")
     return lines
 
 
@@ -273,4 +294,4 @@ def figures(result: Reproduction) -> list[go.Figure]:
 
 
 __all__ = ["MASKING_GAP", "PAPER", "REPORTED_BN_SETTINGS", "TITLES", "figures", "numbers_path", "overstates", "pivot",
-           "report_numbers", "teachers_markdown", "write_markdown"]
+           "report_numbers", "students_markdown", "teachers_markdown", "write_markdown"]

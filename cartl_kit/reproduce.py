@@ -57,6 +57,7 @@ class Reproduction:
     missing: list[str] = field(default_factory=list)  # runs not in the store, or not evaluated (``train=False``)
     provenance: dict[str, Provenance] = field(default_factory=dict)  # "transfers", "teachers": when and by what code
     teachers_table: pd.DataFrame | None = None  # teacher, seed, run, clean_acc, robust_acc, pgd_acc (``teacher_rows``)
+    students_table: pd.DataFrame | None = None  # student, seed, transfer_seed, run, clean/robust/pgd acc (``student_rows``)
 
 
 def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None = None,
@@ -118,6 +119,9 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
     provenance = {"transfers": provenance_of(folders(done)), "teachers": provenance_of(folders(used))}
     teacher_table = teacher_rows(used, preset.evaluation, root=root, device=device, progress=progress,
                                  shipped=shipped, train=train, log=log)
+    students = [c for c in dict.fromkeys(cell.config for _, cell in todo if cell.table in PGD_TABLES) if c in done]
+    student_table = student_rows(students, preset.evaluation, root=root, device=device, progress=progress,
+                                 shipped=shipped, train=train, log=log)
     frame = pd.DataFrame(rows, columns=["table", "row", "column", "seed", "transfer_seed", "run", "clean_acc",
                                         "robust_acc", "n"])
     summary = summarise(frame)
@@ -128,7 +132,7 @@ def reproduce(plan: str | Plan = "quick", *, root: str | os.PathLike[str] | None
                           teachers_trained=sum(teachers.values()) if train else 0, teachers=len(teachers),
                           command=command or "python -m cartl_kit reproduce --preset " + plan.preset,
                           machine=machine(), missing=[f"{c.slug}-{config_hash(c)}" for c in missing],
-                          provenance=provenance, teachers_table=teacher_table)
+                          provenance=provenance, teachers_table=teacher_table, students_table=student_table)
     if path is not None:
         result.report = write_markdown(result, path, gpu_rates=gpu_rates)
     return result
@@ -158,6 +162,38 @@ def teacher_rows(teachers, evaluation, *, root=None, device=None, progress: bool
         rows.append({"teacher": teacher_label(config), "seed": config.seed, "run": row["run"],
                      "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "pgd_acc": row["pgd_acc"]})
     return pd.DataFrame(rows, columns=["teacher", "seed", "run", "clean_acc", "robust_acc", "pgd_acc"])
+
+
+PGD_TABLES = ("lam_beta", "ablation")  # their students (FDM teachers of each λ, and AT ones) also go under PGD-k
+
+
+def student_label(config) -> str:
+    """A student's row in the report: ``AT → TL, k = 4``, ``FDM k = 4, λ = 0.01 → NEFT β = 0.4, k = 4``."""
+    method = f"NEFT β = {config.beta:g}" if config.method == "neft" else config.method.upper()
+    return f"{teacher_label(config.teacher)} → {method}, k = {config.k}"
+
+
+def student_rows(students, evaluation, *, root=None, device=None, progress: bool | None = None, shipped: bool = True,
+                 train: bool = True, log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The finished ``students`` (transfer configs) under the headline ``evaluation`` and the paper's PGD-k beside
+    it, one row per run: does a student of a teacher that PGD-k overstates inherit the masking, or robustness?
+    ``train=False`` evaluates nothing and leaves out the runs lacking either record."""
+    import pandas as pd
+
+    from .experiments import run_row
+    rows = []
+    pgd = evaluation.as_pgd()
+    for config in students:
+        evaluated = all(_evaluated(config, e, root, shipped) for e in (evaluation, pgd))
+        if not train and not evaluated:
+            continue
+        if log is not None and not evaluated:
+            log(f"student {config.slug}: evaluating (PGD-{pgd.attack.steps} beside the ensemble)")
+        row = run_row(config, evaluation, root=root, device=device, progress=progress, shipped=shipped, pgd=True)
+        rows.append({"student": student_label(config), "seed": config.teacher.seed, "transfer_seed": config.seed,
+                     "run": row["run"], "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"],
+                     "pgd_acc": row["pgd_acc"]})
+    return pd.DataFrame(rows, columns=["student", "seed", "transfer_seed", "run", "clean_acc", "robust_acc", "pgd_acc"])
 
 
 def _evaluated(config, evaluation, root, shipped: bool) -> bool:
@@ -215,4 +251,5 @@ def spread_sources(rows: pd.DataFrame) -> pd.DataFrame:
 __all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "Claim", "PAPER", "PLANS", "Plan", "RECIPES", "Reproduction",
            "SPLIT_SIZES", "Stat", "TABLES", "TITLES", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
            "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "seed_pairs",
-           "spread_sources", "summarise", "teacher_label", "teacher_rows", "write_markdown"]
+           "spread_sources", "student_label", "student_rows", "summarise", "teacher_label", "teacher_rows",
+           "write_markdown"]

@@ -89,7 +89,10 @@ def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(t
                 {"teacher": "FDM λ = 0.01", "seed": 2, "robust_acc": 0.14, "pgd_acc": 0.846},
                 {"teacher": "FDM λ = 0.003", "seed": 1, "robust_acc": 0.80, "pgd_acc": 0.85}]  # 5.0 points: not over
     (tmp_path / "reproduction-quick.json").write_text(json.dumps(dict(json.loads(
-        (tmp_path / "reproduction-quick.json").read_text()), teachers=teachers, pgd_attack="PGD-20", masking_gap=0.05)))
+        (tmp_path / "reproduction-quick.json").read_text()), teachers=teachers, pgd_attack="PGD-20", masking_gap=0.05,
+        students=[{"student": "FDM → NEFT", "robust_acc": 0.2, "pgd_acc": 0.6}, {"student": "FDM → NEFT", "robust_acc": 0.4,
+                                                                                  "pgd_acc": 0.42},
+                  {"student": "AT → TL", "robust_acc": 0.4, "pgd_acc": 0.42}])))
     (tmp_path / "reproduction-fashion.json").write_text(json.dumps(numbers(
         [dict(claim("A rises", "holds partly", 3, 1), against=["X > Y at 10 %", "W,b | μ > – | μ"]),
          claim("B with 50 %", "not measured", 0, 0)],
@@ -106,6 +109,7 @@ def test_the_reproduction_block_puts_every_claim_beside_each_scenarios_verdict(t
     assert ("9 teachers: 3 shipped with the kit, 6 made here, started between 2026-12-07 13:40 UTC and 2026-12-08 "
             "09:00 UTC, by kit commit 67ac4f7") in block
     assert ("of its 3 teachers, PGD-20 overstates the ensemble by more than 5 points on FDM λ = 0.01 seed 2 "
-            "(14.0 → 84.6) (ensemble → PGD-20, %)") in block
+            "(14.0 → 84.6) (ensemble → PGD-20, %); and on runs of these of its students (tables 3 and 4): "
+            "FDM → NEFT (1 of 2).") in block
     assert block.count("overstates") == 1  # the fashion numbers have no teachers evaluated
     assert "No reproduction" in tool.render(tmp_path / "empty")

@@ -147,6 +147,9 @@ def test_smoke_reproduction_end_to_end(tmp_path):
     assert re.findall(r"^\d+\. .*$", report.read_text(), flags=re.M) == re.findall(r"^\d+\. .*$", text, flags=re.M)
     teachers = re.search(r"^## 6\. The teachers .*?(?=^## )", text, flags=re.M | re.S)
     assert teachers and len(re.findall(r"^\| (AT|FDM k = \d, λ = [\d.]+) \| 2 \|", teachers.group(0), flags=re.M)) == 5
+    students = re.findall(r"^\| ((?:AT|FDM k = \d, λ = [\d.]+) → (?:TL|NEFT β = [\d.]+), k = \d) \| 2 \|",
+                          teachers.group(0), flags=re.M)
+    assert len(students) == len(set(students)) == 2 * 2 * 2 + 2 * 2, students  # λ × β at k = 3, 4; AT → TL, NEFT
     assert teachers.group(0) in report.read_text()  # rendered without evaluating, from the records
     # rendered again without training, the report still says when and by which code its runs were made
     assert re.findall(r"^- \d+ (?:transfers|teachers) made here, .*$", report.read_text(), flags=re.M) == made

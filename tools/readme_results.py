@@ -55,8 +55,15 @@ def _masked(numbers: dict) -> str:
     over = [f"{t['teacher']} seed {t['seed']} ({100 * t['robust_acc']:.1f} → {100 * t['pgd_acc']:.1f})"
             for t in teachers if overstates(t["pgd_acc"], t["robust_acc"], gap)]
     pgd = numbers.get("pgd_attack", "PGD")
-    return (f"; of its {len(teachers)} teachers, {pgd} overstates the ensemble by more than {100 * gap:g} points on "
+    said = (f"; of its {len(teachers)} teachers, {pgd} overstates the ensemble by more than {100 * gap:g} points on "
             + ("; ".join(over) if over else "none") + " (ensemble → " + pgd + ", %)")
+    students: dict[str, list[bool]] = {}
+    for s in numbers.get("students") or []:
+        students.setdefault(s["student"], []).append(overstates(s["pgd_acc"], s["robust_acc"], gap))
+    if students:
+        counted = [f"{name} ({sum(runs)} of {len(runs)})" for name, runs in students.items() if any(runs)]
+        said += "; and on runs of these of its students (tables 3 and 4): " + ("; ".join(counted) if counted else "none")
+    return said
 
 
 def render(reports: Path = ROOT / "reports") -> str:
