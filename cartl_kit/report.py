@@ -250,7 +250,7 @@ def students_markdown(table, pgd: str) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for student, part in table.groupby("student", sort=False):
         over = [r for r in part.itertuples() if overstates(r.pgd_acc, r.robust_acc)]
-        named = ", ".join(f"s{int(r.seed)}/t{int(r.transfer_seed)}" for r in over)
+        named = "all" if len(over) == len(part) else ", ".join(f"s{int(r.seed)}/t{int(r.transfer_seed)}" for r in over)
         lines.append(f"| {student} | {len(part)} | {pct(part.clean_acc)} | {pct(part.robust_acc)} | "
                      f"{pct(part.pgd_acc)} | {100 * (part.pgd_acc - part.robust_acc).mean():+.1f} | "
                      f"{len(over)}" + (f" ({named})" if named else "") + " |")
