@@ -2,8 +2,8 @@
 
 A ``SourceConfig`` says how a robust source model (teacher) is trained: Madry AT (``method="at"``) or
 AT + FDM (``method="fdm"`` with ``k`` and ``lam``). A ``TransferConfig`` says how a student is made
-from a teacher: vanilla fine-tuning (``"tl"``), NEFT (``"neft"`` with ``beta``) or LwF (``"lwf"`` with
-``lwf_lam``), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
+from a teacher: vanilla fine-tuning (``"tl"``), NEFT (``"neft"`` with ``beta``), LwF (``"lwf"`` with
+``lwf_lam``), LP-FT (``"lpft"``) or BitFit (``"bitfit"``), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
 the attack that measures robust accuracy (``AttackConfig`` lives with the attacks, ``cartl_kit.attacks``).
 Configs validate themselves on construction, so a bad value fails before anything is trained or written,
 and ``config_hash`` gives a run its identity.
@@ -23,11 +23,12 @@ from .losses import check_lambda
 from .models import ARCHITECTURES
 from .neft import check_beta
 from .params import check_bool, check_float, check_int, check_seed
-from .transfer import BN_CASE_ALIASES, BN_CASES
+from .transfer import BN_CASE_ALIASES, BN_CASES, get_bn_case
 
 SOURCE_METHODS = ("at", "fdm", "fdm-rel")
 FDM_METHODS = {"fdm": "absolute", "fdm-rel": "relative"}  # method -> FDM distance (fdm-rel: the kit's scale-invariant one)
-TRANSFER_METHODS = ("tl", "neft", "lwf", "lpft")  # lpft: the linear probe's head, then the last k blocks (Kumar et al.)
+TRANSFER_METHODS = ("tl", "neft", "lwf", "lpft", "bitfit")  # lpft: the linear probe's head, then the last k blocks
+# (Kumar et al.); bitfit: only the biases and BatchNorm affine parameters of the last k blocks, and the head (Ben Zaken et al.)
 EVAL_METHODS = ("ensemble", "pgd", "autoattack")
 
 
@@ -136,6 +137,10 @@ class TransferConfig:
         if self.method == "lpft" and self.k < 2:
             raise ValueError("method 'lpft' fine-tunes k >= 2 blocks from a linear probe (k = 1 is the probe itself: "
                              "use method 'tl' with k = 1)")
+        if self.method == "bitfit" and get_bn_case(self.bn_case).freeze_submodel_affine:
+            raise ValueError(f"method 'bitfit' trains the BatchNorm affine parameters of the last k blocks, which BatchNorm "
+                             f"case {self.bn_case!r} freezes; use bn_case 'train-reuse' (--bn-case train-reuse: the "
+                             "teacher's statistics, as vanilla) or 'train-update'")
         if self.half_residual is None:
             object.__setattr__(self, "half_residual", self.method == "neft")
         if self.bn_case == "freeze-reuse":  # one name per case, so both spellings share one run

@@ -37,7 +37,7 @@ from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, INTERPOLATION_PREFIX, M
                     runs_root, save_tensors, write_json)
 from .runtime import default_device
 from .train import Batches, StepFn, adversarial_step, fdm_step, fit, lwf_step, natural_step
-from .transfer import make_student
+from .transfer import make_student, restrict_to_bitfit
 
 T = TypeVar("T")
 
@@ -85,6 +85,8 @@ def build_student(config: TransferConfig, teacher: WideResNet, data: ImageData, 
                            half_residual=_given(config.half_residual, "half_residual"), generator=generator)
     if config.method == "lpft":
         student.head.load_state_dict(_given(probe, "the linear probe's model (method 'lpft')").head.state_dict())
+    if config.method == "bitfit":
+        restrict_to_bitfit(student, k=config.k)
     if config.method == "neft":
         apply_neft(student, k=config.k, beta=_given(config.beta, "beta (method 'neft')"),
                    power_iterations=config.power_iterations, generator=generator)

@@ -171,6 +171,20 @@ def make_student(
     return student.train()
 
 
+def restrict_to_bitfit(student: WideResNet, *, k: int) -> WideResNet:
+    """BitFit in CARTL's regime (Ben Zaken et al., 2022): of the last k blocks, only the biases and the BatchNorm
+    affine parameters stay trainable; the convolution weights freeze. The new head (the last block, in the paper's
+    numbering) stays wholly trainable. Call it on a ``make_student`` student whose BatchNorm case trains the
+    sub-model's affine parameters. In place; returns it."""
+    for module in submodel_modules(student, k=k):
+        if module is student.head:
+            continue
+        for name, param in module.named_parameters():
+            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
+            param.requires_grad_(isinstance(owner, nn.BatchNorm2d) or name.rpartition(".")[2] == "bias")
+    return student
+
+
 def trainable_summary(model: nn.Module) -> dict:
     """Counts of trainable and frozen parameters, and of BatchNorm layers by kind.
 
