@@ -9,9 +9,20 @@ import pytest
 import torch
 
 import cartl_kit as ck
+from cartl_kit import config as cfg
 from cartl_kit.data import as_float, load_dataset
 
 EPS = 0.1  # attack radius for the 8x8 digits (pixel units)
+
+# A preset for runs in seconds: 8x8 digits 0-4 -> 5-9, one epoch each, PGD-1 training, a 64-image PGD-2 evaluation
+TINY_PRESET = cfg.Preset(
+    name="tiny", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",
+    train_attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=1),
+    evaluation=cfg.EvalConfig(attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=2), max_examples=64),
+    source_optim=cfg.OptimConfig(epochs=1, batch_size=128, milestones=()),
+    transfer_optim=cfg.OptimConfig(epochs=1, batch_size=128, base_lr=0.05, warmup_epochs=0, milestones=()),
+    k=3, lam=0.01, beta=0.6,
+)
 
 
 def pytest_configure(config):

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cartl_kit import config as cfg
 from cartl_kit import create_model, runs
 from cartl_kit.transfer import make_student, restrict_to_bitfit
+from conftest import TINY_PRESET
 
-PRESET = cfg.Preset(
-    name="tiny", arch="wrn16_1", source_dataset="digits[0-4]", target_dataset="digits[5-9]",
-    train_attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=1),
-    evaluation=cfg.EvalConfig(attack=cfg.AttackConfig(eps=0.1, step_size=0.05, steps=2), max_examples=64),
-    source_optim=cfg.OptimConfig(epochs=1, batch_size=128, milestones=()),
-    transfer_optim=cfg.OptimConfig(epochs=1, batch_size=128, base_lr=0.05, warmup_epochs=0, milestones=()),
-    k=3, lam=0.01, beta=0.6,
-)
+PRESET = TINY_PRESET
 
 
 def test_only_the_last_blocks_batchnorm_affine_and_the_head_stay_trainable():
