@@ -309,9 +309,18 @@ def test_the_teachers_section_names_the_seeds_pgd_overstates():
         {"teacher": "FDM k = 4, λ = 0.01", "seed": 1, "run": "d", "clean_acc": 0.98, "robust_acc": 0.80,
          "pgd_acc": 0.80 + MASKING_GAP},  # exactly at the threshold: not named
     ])
-    text = "\n".join(teachers_markdown(SimpleNamespace(teachers_table=table), get_preset("quick")))
+    text = "\n".join(teachers_markdown(SimpleNamespace(teachers_table=table, students_table=None), get_preset("quick")))
     assert "| AT | 2 | 98.5 ± 0.7 | 82.0 ± 1.4 | 83.5 ± 2.1 | s0 +2.0, s1 +1.0 |" in text
     assert "| FDM k = 4, λ = 0.01 | 2 |" in text and "s0 +30.0, s1 +5.0 |" in text
     assert text.endswith("by more than 5 points (a sign of gradient masking, or of too weak an attack): "
                          "FDM k = 4, λ = 0.01, seed 0 (+30.0).")
-    assert teachers_markdown(SimpleNamespace(teachers_table=table.iloc[:0]), get_preset("quick")) == []
+    assert teachers_markdown(SimpleNamespace(teachers_table=table.iloc[:0], students_table=None), get_preset("quick")) == []
+    run = lambda student, seed, transfer, pgd: {"student": student, "seed": seed, "transfer_seed": transfer,  # noqa: E731
+                                                "run": "x", "clean_acc": 0.98, "robust_acc": 0.40, "pgd_acc": pgd}
+    students = pd.DataFrame([run("FDM → NEFT", 0, 0, 0.60), run("FDM → NEFT", 0, 1, 0.62),
+                             run("AT → TL", 0, 0, 0.50), run("AT → TL", 1, 0, 0.40 + MASKING_GAP)])
+    text = "\n".join(teachers_markdown(SimpleNamespace(teachers_table=table, students_table=students),
+                                       get_preset("quick")))
+    assert "### Their students (tables 3 and 4) under the ensemble and under PGD-20" in text
+    assert "| FDM → NEFT | 2 | 98.0 ± 0.0 | 40.0 ± 0.0 | 61.0 ± 1.4 | +21.0 | 2 (all) |" in text
+    assert "| AT → TL | 2 |" in text and "| +7.5 | 1 (s0/t0) |" in text  # s1/t0 is exactly at the threshold
