@@ -206,6 +206,11 @@ def write_markdown(result: Reproduction, path: Path, *, gpu_rates: dict[str, tup
 MASKING_GAP = 0.05  # PGD-k above the ensemble by more than this (5 points): the teacher's gradients mislead PGD-k
 
 
+def _pct(values) -> str:
+    """A column's mean ± standard deviation in percent (0 spread for one value)."""
+    return f"{100 * values.mean():.1f} ± {100 * (values.std() if len(values) > 1 else 0.0):.1f}"
+
+
 def overstates(pgd_acc: float, robust_acc: float, gap: float = MASKING_GAP) -> bool:
     """Whether PGD-k's robust accuracy exceeds the ensemble's by more than ``gap``, judged on the number a
     report shows (points, one decimal), so that a shown "+5.0" is never called over 5 points."""
@@ -219,7 +224,6 @@ def teachers_markdown(result: Reproduction, preset: Preset) -> list[str]:
     if table is None or not len(table):
         return []
     pgd = preset.evaluation.as_pgd().label
-    pct = lambda values: f"{100 * values.mean():.1f} ± {100 * (values.std() if len(values) > 1 else 0.0):.1f}"  # noqa: E731
     lines = ["", f"## 6. The teachers under the ensemble and under {pgd}", "",
              f"Clean / robust accuracy in %, mean ± standard deviation over the teacher seeds. The last column is how "
              f"many points {pgd} (the kind of attack the paper reports) overstates each seed's robust accuracy "
@@ -227,11 +231,10 @@ def teachers_markdown(result: Reproduction, preset: Preset) -> list[str]:
              f"| teacher | seeds | clean | ensemble | {pgd} | {pgd} − ensemble, per seed |", "|---|---|---|---|---|---|"]
     masked = []
     for teacher, part in table.groupby("teacher", sort=False):
-        gaps = [(int(r.seed), r.pgd_acc - r.robust_acc) for r in part.itertuples()]
-        masked += [f"{teacher}, seed {int(r.seed)} ({100 * (r.pgd_acc - r.robust_acc):+.1f})" for r in part.itertuples()
-                   if overstates(r.pgd_acc, r.robust_acc)]
-        lines.append(f"| {teacher} | {len(part)} | {pct(part.clean_acc)} | {pct(part.robust_acc)} | "
-                     f"{pct(part.pgd_acc)} | " + ", ".join(f"s{seed} {100 * gap:+.1f}" for seed, gap in gaps) + " |")
+        gaps = [(int(r.seed), r.pgd_acc - r.robust_acc, overstates(r.pgd_acc, r.robust_acc)) for r in part.itertuples()]
+        masked += [f"{teacher}, seed {seed} ({100 * gap:+.1f})" for seed, gap, over in gaps if over]
+        lines.append(f"| {teacher} | {len(part)} | {_pct(part.clean_acc)} | {_pct(part.robust_acc)} | "
+                     f"{_pct(part.pgd_acc)} | " + ", ".join(f"s{seed} {100 * gap:+.1f}" for seed, gap, _ in gaps) + " |")
     lines += ["", f"Teachers that {pgd} overstates by more than {100 * MASKING_GAP:g} points (a sign of gradient "
               "masking, or of too weak an attack): " + ("; ".join(masked) if masked else "none") + "."]
     return lines + students_markdown(result.students_table, pgd)
@@ -242,7 +245,6 @@ def students_markdown(table, pgd: str) -> list[str]:
     ``pgd`` overstates by more than ``MASKING_GAP`` (do the students of masked teachers inherit the masking?)."""
     if table is None or not len(table):
         return []
-    pct = lambda values: f"{100 * values.mean():.1f} ± {100 * (values.std() if len(values) > 1 else 0.0):.1f}"  # noqa: E731
     lines = ["", f"### Their students (tables 3 and 4) under the ensemble and under {pgd}", "",
              f"Every run of each student (teacher seed × transfer seed), mean ± standard deviation; the last column "
              f"counts the runs that {pgd} overstates by more than {100 * MASKING_GAP:g} points.", "",
@@ -251,8 +253,8 @@ def students_markdown(table, pgd: str) -> list[str]:
     for student, part in table.groupby("student", sort=False):
         over = [r for r in part.itertuples() if overstates(r.pgd_acc, r.robust_acc)]
         named = "all" if len(over) == len(part) else ", ".join(f"s{int(r.seed)}/t{int(r.transfer_seed)}" for r in over)
-        lines.append(f"| {student} | {len(part)} | {pct(part.clean_acc)} | {pct(part.robust_acc)} | "
-                     f"{pct(part.pgd_acc)} | {100 * (part.pgd_acc - part.robust_acc).mean():+.1f} | "
+        lines.append(f"| {student} | {len(part)} | {_pct(part.clean_acc)} | {_pct(part.robust_acc)} | "
+                     f"{_pct(part.pgd_acc)} | {100 * (part.pgd_acc - part.robust_acc).mean():+.1f} | "
                      f"{len(over)}" + (f" ({named})" if named else "") + " |")
     return lines
 

@@ -143,25 +143,35 @@ def teacher_label(config) -> str:
     return config.method.upper() + (f" k = {config.k}, λ = {config.lam:g}" if config.k is not None else "")
 
 
-def teacher_rows(teachers, evaluation, *, root=None, device=None, progress: bool | None = None, shipped: bool = True,
-                 train: bool = True, log: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Every teacher of the reproduction under the headline ``evaluation`` and the paper's PGD-k beside it: where
-    PGD-k says much more than the ensemble, the teacher's gradients mislead the weaker attack (``pgd_acc`` minus
-    ``robust_acc``, per seed). ``train=False`` evaluates nothing and leaves out the teachers lacking either record."""
+def under_both_attacks(configs, evaluation, describe: Callable[[Any], dict], *, root=None, device=None,
+                       progress: bool | None = None, shipped: bool = True, train: bool = True,
+                       log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Each finished run of ``configs`` under the headline ``evaluation`` and the paper's PGD-k beside it, one row
+    per run: ``describe(config)``'s columns, then run, clean_acc, robust_acc, pgd_acc. Where PGD-k says much more
+    than the ensemble, the run's gradients mislead the weaker attack. ``train=False`` evaluates nothing and leaves
+    out the runs lacking either record."""
     import pandas as pd
 
     from .experiments import run_row
+    pgd = evaluation.as_pgd()
     rows = []
-    for config in teachers:
-        if not train and not all(_evaluated(config, e, root, shipped) for e in (evaluation, evaluation.as_pgd())):
+    for config in configs:
+        evaluated = all(_evaluated(config, e, root, shipped) for e in (evaluation, pgd))
+        if not evaluated and not train:
             continue
-        if log is not None and train and not all(_evaluated(config, e, root, shipped)
-                                                 for e in (evaluation, evaluation.as_pgd())):
-            log(f"teacher {config.slug}: evaluating (the ensemble and PGD-{evaluation.as_pgd().attack.steps})")
+        if not evaluated and log is not None:
+            log(f"{config.kind} {config.slug}: evaluating (the ensemble and PGD-{pgd.attack.steps})")
         row = run_row(config, evaluation, root=root, device=device, progress=progress, shipped=shipped, pgd=True)
-        rows.append({"teacher": teacher_label(config), "seed": config.seed, "run": row["run"],
-                     "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"], "pgd_acc": row["pgd_acc"]})
-    return pd.DataFrame(rows, columns=["teacher", "seed", "run", "clean_acc", "robust_acc", "pgd_acc"])
+        rows.append({**describe(config), "run": row["run"], "clean_acc": row["clean_acc"],
+                     "robust_acc": row["robust_acc"], "pgd_acc": row["pgd_acc"]})
+    columns = [*describe(configs[0]), "run", "clean_acc", "robust_acc", "pgd_acc"] if len(configs) else []
+    return pd.DataFrame(rows, columns=columns)
+
+
+def teacher_rows(teachers, evaluation, **kwargs) -> pd.DataFrame:
+    """Every teacher under both attacks (``under_both_attacks``): teacher, seed, run, clean/robust/pgd acc."""
+    return under_both_attacks(list(teachers), evaluation,
+                              lambda c: {"teacher": teacher_label(c), "seed": c.seed}, **kwargs)
 
 
 PGD_TABLES = ("lam_beta", "ablation")  # their students (FDM teachers of each λ, and AT ones) also go under PGD-k
@@ -173,27 +183,12 @@ def student_label(config) -> str:
     return f"{teacher_label(config.teacher)} → {method}, k = {config.k}"
 
 
-def student_rows(students, evaluation, *, root=None, device=None, progress: bool | None = None, shipped: bool = True,
-                 train: bool = True, log: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The finished ``students`` (transfer configs) under the headline ``evaluation`` and the paper's PGD-k beside
-    it, one row per run: does a student of a teacher that PGD-k overstates inherit the masking, or robustness?
-    ``train=False`` evaluates nothing and leaves out the runs lacking either record."""
-    import pandas as pd
-
-    from .experiments import run_row
-    rows = []
-    pgd = evaluation.as_pgd()
-    for config in students:
-        evaluated = all(_evaluated(config, e, root, shipped) for e in (evaluation, pgd))
-        if not train and not evaluated:
-            continue
-        if log is not None and not evaluated:
-            log(f"student {config.slug}: evaluating (PGD-{pgd.attack.steps} beside the ensemble)")
-        row = run_row(config, evaluation, root=root, device=device, progress=progress, shipped=shipped, pgd=True)
-        rows.append({"student": student_label(config), "seed": config.teacher.seed, "transfer_seed": config.seed,
-                     "run": row["run"], "clean_acc": row["clean_acc"], "robust_acc": row["robust_acc"],
-                     "pgd_acc": row["pgd_acc"]})
-    return pd.DataFrame(rows, columns=["student", "seed", "transfer_seed", "run", "clean_acc", "robust_acc", "pgd_acc"])
+def student_rows(students, evaluation, **kwargs) -> pd.DataFrame:
+    """Every run of ``students`` under both attacks (``under_both_attacks``): student, seed (the teacher's),
+    transfer_seed, run, clean/robust/pgd acc. Does a student of a teacher that PGD-k overstates inherit the
+    masking, or robustness?"""
+    return under_both_attacks(list(students), evaluation, lambda c: {
+        "student": student_label(c), "seed": c.teacher.seed, "transfer_seed": c.seed}, **kwargs)
 
 
 def _evaluated(config, evaluation, root, shipped: bool) -> bool:
@@ -252,4 +247,4 @@ __all__ = ["BN_CASES_2X2", "BN_LABELS", "Cell", "Claim", "PAPER", "PLANS", "Plan
            "SPLIT_SIZES", "Stat", "TABLES", "TITLES", "at_chance", "cells", "claims", "figures", "get_plan", "judge",
            "measured_gpu_rates", "pivot", "recipe_flops", "recipes_markdown", "reproduce", "reproduce_cells", "seed_pairs",
            "spread_sources", "student_label", "student_rows", "summarise", "teacher_label", "teacher_rows",
-           "write_markdown"]
+           "under_both_attacks", "write_markdown"]

@@ -179,9 +179,9 @@ def restrict_to_bitfit(student: WideResNet, *, k: int) -> WideResNet:
     for module in submodel_modules(student, k=k):
         if module is student.head:
             continue
-        for name, param in module.named_parameters():
-            owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-            param.requires_grad_(isinstance(owner, nn.BatchNorm2d) or name.rpartition(".")[2] == "bias")
+        for layer in module.modules():
+            for name, param in layer.named_parameters(recurse=False):
+                param.requires_grad_(isinstance(layer, nn.BatchNorm2d) or name == "bias")
     return student
 
 
