@@ -32,7 +32,7 @@ from .transfer import extractor_modules
 def feature_cache_blocker(student: WideResNet, *, k: int, loader, needs_images: bool = False) -> str | None:
     """Why fine-tuning ``student`` on ``loader`` cannot use cached features, or None if it can."""
     if needs_images:
-        return "the step function needs the raw images (e.g. LwF runs the teacher on them)"
+        return "the step function needs the raw images (LwF runs the teacher on them, AFT attacks them)"
     if not isinstance(loader, BatchLoader):
         return "the loader is not a cartl_kit BatchLoader"
     if loader.augmentation is not None:

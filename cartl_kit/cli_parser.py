@@ -100,7 +100,8 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     p.set_defaults(func=commands["source"])
 
     p = sub.add_parser("transfer", help="fine-tune the last k blocks of a teacher on the target and evaluate")
-    p.add_argument("--method", default="tl", choices=TRANSFER_METHODS)
+    p.add_argument("--method", default="tl", choices=TRANSFER_METHODS,
+                   help="tl, neft (--beta), lwf (--lwf-lam), lpft, bitfit, or aft (adversarial fine-tuning, an upper bound)")
     p.add_argument("-k", type=int, default=None)
     p.add_argument("--beta", type=finite_float, default=None, help="NEFT bound β")
     p.add_argument("--bn-case", default="vanilla", choices=[*BN_CASES, *BN_CASE_ALIASES])

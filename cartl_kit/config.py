@@ -3,7 +3,8 @@
 A ``SourceConfig`` says how a robust source model (teacher) is trained: Madry AT (``method="at"``) or
 AT + FDM (``method="fdm"`` with ``k`` and ``lam``). A ``TransferConfig`` says how a student is made
 from a teacher: vanilla fine-tuning (``"tl"``), NEFT (``"neft"`` with ``beta``), LwF (``"lwf"`` with
-``lwf_lam``), LP-FT (``"lpft"``) or BitFit (``"bitfit"``), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
+``lwf_lam``), LP-FT (``"lpft"``), BitFit (``"bitfit"``) or adversarial fine-tuning (``"aft"``, an upper bound outside
+CARTL's regime), with ``k`` fine-tuned blocks and one of the four BatchNorm cases. An ``EvalConfig`` is
 the attack that measures robust accuracy (``AttackConfig`` lives with the attacks, ``cartl_kit.attacks``).
 Configs validate themselves on construction, so a bad value fails before anything is trained or written,
 and ``config_hash`` gives a run its identity.
@@ -27,8 +28,12 @@ from .transfer import BN_CASE_ALIASES, BN_CASES, get_bn_case
 
 SOURCE_METHODS = ("at", "fdm", "fdm-rel")
 FDM_METHODS = {"fdm": "absolute", "fdm-rel": "relative"}  # method -> FDM distance (fdm-rel: the kit's scale-invariant one)
-TRANSFER_METHODS = ("tl", "neft", "lwf", "lpft", "bitfit")  # lpft: the linear probe's head, then the last k blocks
-# (Kumar et al.); bitfit: only the biases and BatchNorm affine parameters of the last k blocks, and the head (Ben Zaken et al.)
+TRANSFER_METHODS = ("tl", "neft", "lwf", "lpft", "bitfit", "aft")
+# lpft: the linear probe's head, then the last k blocks (Kumar et al.); bitfit: only the biases and BatchNorm affine
+# parameters of the last k blocks, and the head (Ben Zaken et al.); aft: the last k blocks adversarially trained on the
+# target with the teacher's attack (Madry PGD, the same eps): not CARTL's regime, which fine-tunes on clean images,
+# but the costly upper bound it is measured against
+NEEDS_IMAGES = ("lwf", "aft")  # transfer methods whose step needs the raw images (no cached features)
 EVAL_METHODS = ("ensemble", "pgd", "autoattack")
 
 

@@ -161,7 +161,7 @@ def _text(name: str, value) -> None:
 
 
 NOTEBOOK_PARAMETERS = {
-    "QUICK": check_bool, "FROM_SCRATCH": check_bool,
+    "QUICK": check_bool, "FROM_SCRATCH": check_bool, "AFT": check_bool,
     "RUNS_DIR": lambda name, value: check_runs_dir(value, name=name),
     "SEED": lambda name, value: check_seed(value, name=name),
     "N_EVAL": lambda name, value: value is None or check_int(name, value, low=1),

@@ -24,7 +24,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
-from .config import FDM_METHODS, EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
+from .config import FDM_METHODS, NEEDS_IMAGES, EvalConfig, SourceConfig, TransferConfig, config_hash, to_dict
 from .data import ImageData, dataset_stats, load_dataset, make_loader, sample
 from . import distributed
 from .cache import CachedFeatures, TunedTail, extract, feature_cache_blocker
@@ -51,6 +51,12 @@ class Run:
     model: WideResNet
     history: list[dict]
     metrics: dict
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds its training epochs took, summed over the history (a transfer's feature caching before them and
+        every evaluation not included); compare runs timed on the same machine and threads (``env.json``)."""
+        return sum(float(record.get("seconds", 0.0)) for record in self.history)
 
 
 # --- building models for configs ----------------------------------------------------------------
@@ -119,6 +125,8 @@ def _step_for(config: Config, teacher: WideResNet | None, *, generator: torch.Ge
     if config.method == "lwf":
         return lwf_step(_given(teacher, "the teacher model (method 'lwf')"),
                         lam=_given(config.lwf_lam, "lwf_lam (method 'lwf')"))
+    if config.method == "aft":  # the teacher's training attack, now on the target's images
+        return adversarial_step(attack=config.teacher.attack, generator=generator)
     return natural_step
 
 
@@ -202,7 +210,7 @@ def _train(config: Config, *, root, device: torch.device, progress: bool, callba
     trained: nn.Module = model
     batches: Batches = loader
     if start <= optim.epochs and cache_features and isinstance(config, TransferConfig):
-        if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method == "lwf") is None:
+        if feature_cache_blocker(model, k=config.k, loader=loader, needs_images=config.method in NEEDS_IMAGES) is None:
             features = extract(model, loader, k=config.k)
             if channels_last and features.dim() == 4:  # batches indexed from it stay channels-last
                 features = features.contiguous(memory_format=torch.channels_last)

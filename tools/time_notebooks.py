@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/time_notebooks.py                  # notebooks 00-06 and 08 -> reports/notebook-times.json
     .venv/bin/python tools/time_notebooks.py --notebooks 00_quickstart 04_neft   # replaces those two rows only
+    .venv/bin/python tools/time_notebooks.py --notebooks 08_lp_ft --keep /tmp/out  # and keeps the executed copies
 
 For each notebook, in its own fresh folder (so nothing another notebook trained is reused): papermill runs it
 once from an empty runs folder (**cold**: the shipped teachers load, every transfer trains and is evaluated)
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", nargs="+", default=NOTEBOOKS, choices=NOTEBOOKS)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "notebook-times.json")
+    parser.add_argument("--keep", type=Path, help="copy the executed notebooks (NAME-cold.ipynb, NAME-warm.ipynb) here")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from cartl_kit.store import machine
@@ -55,6 +57,11 @@ def main() -> None:
             notebook.write_bytes((ROOT / "notebooks" / f"{name}.ipynb").read_bytes())
             cold = _papermill(notebook, folder / "cold.ipynb", folder)
             warm = _papermill(notebook, folder / "warm.ipynb", folder)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for run in ("cold", "warm"):
+                    if (folder / f"{run}.ipynb").exists():
+                        (args.keep / f"{name}-{run}.ipynb").write_bytes((folder / f"{run}.ipynb").read_bytes())
             rows.append({"notebook": name, "date": machine()["date"], "threads": os.environ.get("OMP_NUM_THREADS", "default"),
                          "cold_s": round(cold[0]), "warm_s": round(warm[0]),
                          "exit": [cold[1], warm[1]], "load_average": [cold[2], cold[3], warm[3]]})
