@@ -299,25 +299,33 @@ def front_dominance(front: list[dict], other: list[dict], *, name: str, other_na
 
 
 def upper_bound(row: dict, others: list[dict], *, seconds: float | None = None, baseline: dict | None = None,
-                baseline_seconds: float | None = None, label: str = "label") -> str:
+                baseline_seconds: float | None = None, threads: tuple | None = None, headline: str = "the ensemble",
+                label: str = "label") -> str:
     """A labelled upper bound (e.g. adversarial fine-tuning) beside the most robust of ``others`` (the arms in the
-    regime it bounds), with the difference's noise; with ``seconds`` and ``baseline_seconds``, what it cost against
-    ``baseline`` (training epochs' seconds, as ``Run.train_seconds`` measures them).
+    regime it bounds), robust accuracy under ``headline``, with the difference's noise; with ``seconds`` and ``baseline_seconds``, what it cost against
+    ``baseline`` (training epochs' seconds, as ``Run.train_seconds`` measures them). ``threads`` (the two runs'
+    ``Run.threads``): when they differ the seconds are given with them and no ratio, as they do not compare.
 
     Example:
-        >>> upper_bound(aft_row, front + neft, seconds=212.0, baseline=tl_row, baseline_seconds=18.0)
-        'AFT (k = 4): robust 80.0 % (clean 95.0 %); the most robust of the other 9, NEFT β = 0.4, ...'
+        >>> upper_bound(aft_row, front + neft, seconds=212.0, baseline=tl_row, baseline_seconds=18.0, headline="ensemble")
+        'AFT (k = 4): robust (ensemble) 80.0 % (clean 95.0 %); the most robust of the other 9, NEFT β = 0.4, ...'
     """
+    robust = f"robust ({headline}) {_pct(row['robust_acc'])} (clean {_pct(row['clean_acc'])})"
     if not others:
-        return f"{row[label]}: robust {_pct(row['robust_acc'])} (clean {_pct(row['clean_acc'])}); nothing to compare."
+        return f"{row[label]}: {robust}; nothing to compare."
     best = max(others, key=lambda r: r["robust_acc"])
     n = _n(row) if _n(row) == _n(best) else None
     gap = 100 * (row["robust_acc"] - best["robust_acc"])
     where = ("above it" if gap > 0 else "not above it") + _noise(row["robust_acc"], best["robust_acc"], n)
-    sentence = (f"{row[label]}: robust {_pct(row['robust_acc'])} (clean {_pct(row['clean_acc'])}); the most robust of "
+    sentence = (f"{row[label]}: {robust}; the most robust of "
                 f"the other {len(others)}, {best[label]}, {_pct(best['robust_acc'])} (clean {_pct(best['clean_acc'])}): "
                 f"{gap:+.1f} points, {where}")
     if seconds is not None and baseline is not None and baseline_seconds:
-        sentence += (f". Its training epochs took {seconds:.0f} s, {baseline[label]}'s {baseline_seconds:.0f} s: "
-                     f"{seconds / baseline_seconds:.1f}× the cost (each run's own timing, in its history)")
+        if threads is not None and threads[0] != threads[1]:
+            sentence += (f". Its training epochs took {seconds:.0f} s with {threads[0]} torch thread(s), "
+                         f"{baseline[label]}'s {baseline_seconds:.0f} s with {threads[1]}: not comparable, no ratio "
+                         "(train both with the same threads, e.g. from an empty RUNS_DIR)")
+        else:
+            sentence += (f". Its training epochs took {seconds:.0f} s, {baseline[label]}'s {baseline_seconds:.0f} s: "
+                         f"{seconds / baseline_seconds:.1f}× the cost (each run's own timing, in its history)")
     return sentence + "."

@@ -61,7 +61,7 @@ class Provenance:
 
 def summarise(paths: Iterable[str | Path]) -> Provenance:
     """The provenance of the finished runs in ``paths`` (each counted once)."""
-    from .store import is_shipped, read_history, read_json
+    from .store import epoch_seconds, is_shipped, read_history, read_json
     unique = list(dict.fromkeys(Path(p) for p in paths))
     made = [p for p in unique if not is_shipped(p)]
     dates: list[str] = []
@@ -72,7 +72,7 @@ def summarise(paths: Iterable[str | Path]) -> Provenance:
             dates.append(str(env["date"]))
         commits[str(env.get("commit") or UNRECORDED)] += 1
         resumed += bool(env.get("resumed_after_epoch"))
-        seconds += sum(float(record.get("seconds", 0.0)) for record in read_history(path))
+        seconds += epoch_seconds(read_history(path))
     return Provenance(runs=len(unique), shipped=len(unique) - len(made), first=min(dates, default=None),
                       last=max(dates, default=None), train_seconds=seconds, resumed=resumed, commits=dict(commits))
 

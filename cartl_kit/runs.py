@@ -32,9 +32,9 @@ from .measure import measure, measure_split  # noqa: F401  (measure: also the ru
 from .models import ARCHITECTURES, WideResNet, create_model, set_half_residual
 from .neft import apply_neft, remove_neft
 from .store import (CHECKPOINT_FILE, CONVERGENCE_PREFIX, INTERPOLATION_PREFIX, MODEL_FILE,  # noqa: F401
-                    SHIPPED_RUNS, Config, RunError, check_root, environment, find_run, is_finished, is_shipped,
-                    load_tensors, locked, read_config, read_history, read_metrics, remove_temporaries, run_path,
-                    runs_root, save_tensors, write_json)
+                    SHIPPED_RUNS, Config, RunError, check_root, environment, epoch_seconds, find_run, is_finished,
+                    is_shipped, load_tensors, locked, read_config, read_history, read_json, read_metrics,
+                    remove_temporaries, run_path, runs_root, save_tensors, write_json)
 from .runtime import default_device
 from .train import Batches, StepFn, adversarial_step, fdm_step, fit, lwf_step, natural_step
 from .transfer import make_student, restrict_to_bitfit
@@ -54,9 +54,14 @@ class Run:
 
     @property
     def train_seconds(self) -> float:
-        """Seconds its training epochs took, summed over the history (a transfer's feature caching before them and
-        every evaluation not included); compare runs timed on the same machine and threads (``env.json``)."""
-        return sum(float(record.get("seconds", 0.0)) for record in self.history)
+        """Seconds its training epochs took (``store.epoch_seconds`` of its history); compare runs timed on the same
+        machine and threads (``env.json``)."""
+        return epoch_seconds(self.history)
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads it trained with (``env.json``; None when not recorded, e.g. a shipped run's)."""
+        return read_json(self.path / "env.json", missing={}).get("torch_threads")
 
 
 # --- building models for configs ----------------------------------------------------------------

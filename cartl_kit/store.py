@@ -316,6 +316,12 @@ def read_config(folder: str | os.PathLike) -> Config:
     return config
 
 
+def epoch_seconds(history: list[dict]) -> float:
+    """Seconds a run's training epochs took, summed over its history (``seconds`` of each epoch record; feature
+    caching before them and every evaluation are not timed there)."""
+    return sum(float(record.get("seconds", 0.0)) for record in history)
+
+
 def read_history(folder: Path) -> list[dict]:
     """``history.json``: one record per epoch, each with an integer ``epoch``."""
     path = folder / "history.json"

@@ -145,7 +145,9 @@ def test_papermill_lp_ft_with_another_alpha(tmp_path):
     assert f"interp-a0.25-{preset.evaluation.name}" in _finished(lpft)
     text = _output_text(tmp_path / "out.ipynb")
     assert "θ(α = 0.25): clean" in text and "NEFT's β front's 1 points" in text and "β=0.4" not in text
-    assert "AFT upper bound (k = 4): robust" in text and "× the cost" in text  # the upper bound, with its cost
+    # the upper bound, with its cost (a ratio only when both runs trained with the same torch threads)
+    assert "AFT upper bound (k = 4): robust (ensemble)" in text
+    assert "× the cost" in text or "not comparable, no ratio" in text
 
 
 def test_papermill_runs_the_tradeoff_notebook_with_another_k(tmp_path):
